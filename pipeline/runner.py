@@ -1,0 +1,232 @@
+"""Runs a recipe's stages in order (data → sft → online → eval) inside runs/<name>/.
+
+Each stage writes its outputs and then a DONE marker; a stage with a marker is not redone, so rerunning the
+same command resumes. The resolved config is saved at the first run; a changed recipe on resume is refused
+(pass --force to accept the change).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pipeline import data as data_stage
+from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
+from pipeline.labels import LabelStore
+
+log = logging.getLogger("pipeline")
+STAGES = ("data", "sft", "online", "eval")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
+    out = recipe.out
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    if saved.exists():
+        changed = _diff(yaml.safe_load(saved.read_text()), to_dict(recipe))
+        if changed and not force:
+            raise ConfigError(f"recipe changed since {out} was started ({', '.join(changed[:6])}); "
+                              "rerun with --force to accept, or set run_dir to a new directory")
+    save_resolved(recipe, saved)
+    return out
+
+
+def _done(stage_dir: Path) -> bool:
+    return (stage_dir / "DONE").exists()
+
+
+def _mark(stage_dir: Path, info: dict | None = None) -> None:
+    (stage_dir / "DONE").write_text(json.dumps(info or {}, default=str))
+
+
+def policy_config(recipe: Recipe, name: str | Path | None = None):
+    """The policy's ModelConfig, pointed at a checkpoint when name is given."""
+    if name is None:
+        return recipe.policy
+    return dataclasses.replace(recipe.policy, name=str(name), tokenizer="auto")
+
+
+def tokenizer_dir(recipe: Recipe) -> Path | None:
+    """From-scratch policies get a tokenizer trained on the run's own training corpus."""
+    from pipeline.models import train_world_tokenizer
+
+    if recipe.policy.tokenizer not in ("auto", "world") or not recipe.policy.name.startswith("shape:"):
+        return None
+    tok = recipe.out / "data" / "tokenizer"
+    if not (tok / "tokenizer.json").exists():
+        rows = data_stage.load_split(recipe.out / "data", "train")
+        train_world_tokenizer((t for r in rows for t in (r["document"], r["summary"])), tok)
+    return tok
+
+
+def stage_data(recipe: Recipe) -> None:
+    d = recipe.out / "data"
+    if _done(d):
+        return
+    report = data_stage.run_data(recipe.data, d)
+    print(f"data: {report['n_train']} train / {report['n_eval']} eval / {report['n_test']} test rows "
+          f"({report['skipped_empty']} empty and {report['skipped_duplicate_id']} duplicate skipped, "
+          f"{report['truncated']} truncated)", flush=True)
+    _mark(d, report)
+
+
+def stage_sft(recipe: Recipe) -> None:
+    from pipeline.models import load_policy
+    from pipeline.sft import run_sft
+
+    d = recipe.out / "sft"
+    if _done(d):
+        return
+    seed_everything(recipe.sft.seed)
+    policy = load_policy(recipe.policy, tokenizer_dir=tokenizer_dir(recipe))
+    if recipe.sft.enabled:
+        train = data_stage.load_split(recipe.out / "data", "train")
+        ev = data_stage.load_split(recipe.out / "data", "eval")
+        metrics = run_sft(policy, recipe.sft, train, ev, d)
+        print(f"sft: ROUGE-Lsum {metrics['rouge_lsum']:.3f} on {min(len(ev), recipe.sft.eval_examples)} eval rows, "
+              f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}, "
+              f"{metrics['wall_s']:.0f}s", flush=True)
+    else:  # the online stage and the eval baseline start from the model as loaded
+        d.mkdir(parents=True, exist_ok=True)
+        policy.save(d / "model")
+        metrics = {"skipped": True}
+    _mark(d, metrics)
+
+
+def build_judge(recipe: Recipe, judge_cfg=None):
+    from reward_sources import Context, build_judge as _build
+
+    j = judge_cfg or recipe.judge
+    try:
+        return _build(j.name, j.params, Context(run_dir=recipe.out))
+    except ValueError as e:
+        raise ConfigError(f"judge '{j.name}': {e}") from None
+
+
+def build_scorers(recipe: Recipe) -> dict:
+    from pipeline.transfer import arm_names
+    from reward_sources import Context, build_source
+
+    specs = recipe.online.sources
+    try:
+        names = arm_names(specs)
+    except (KeyError, TypeError):
+        raise ConfigError("each entry of online.sources needs a 'name', e.g. {name: rouge}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    ctx = Context(run_dir=recipe.out)
+    scorers = {}
+    for name, spec in zip(names, specs):
+        try:
+            scorers[name] = build_source({k: v for k, v in spec.items() if k != "label"}, ctx)
+        except ValueError as e:
+            raise ConfigError(f"source '{name}': {e}") from None
+    return scorers
+
+
+def stage_online(recipe: Recipe) -> None:
+    from pipeline.online import run_online
+
+    d = recipe.out / "online"
+    if _done(d):
+        return
+    seed_everything(recipe.online.seed)
+    judge = build_judge(recipe)
+    scorers = build_scorers(recipe)
+    store = LabelStore(recipe.out / "labels.sqlite")
+    try:
+        results = run_online(recipe.policy, recipe.out / "sft" / "model", recipe.online,
+                             data_stage.load_split(recipe.out / "data", "train"), judge, store, scorers, d)
+    finally:
+        store.close()
+    _mark(d, {"iterations": len(results)})
+
+
+def stage_eval(recipe: Recipe) -> list[dict]:
+    from eval import winrate
+    from pipeline.models import load_policy
+
+    d = recipe.out / "eval"
+    if _done(d):
+        print((d / "winrates.md").read_text())
+        return []
+    ev = recipe.eval
+    judge = build_judge(recipe, ev.judge)
+    rows = data_stage.load_split(recipe.out / "data", "test")[: ev.n_prompts]
+    store = LabelStore(recipe.out / "labels.sqlite")
+    baseline = recipe.out / "sft" / "model"
+    iterates = [(t, recipe.out / "online" / f"iter_{t}" / "model") for t in range(1, recipe.online.iterations + 1)]
+    iterates = [(t, p) for t, p in iterates if p.exists()]
+    if not iterates:
+        raise ConfigError(f"no online checkpoints under {recipe.out / 'online'}; run the online stage first")
+    samples = {}
+    for label, path in [("sft", baseline)] + [(f"iter{t}", p) for t, p in iterates]:
+        policy = load_policy(policy_config(recipe, path))
+        for seed in ev.seeds:
+            samples[(label, seed)] = [s[0] for s in policy.sample(
+                [r["document"] for r in rows], 1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens,
+                batch_size=recipe.online.gen_batch_size, seed=10_000 + seed)]
+        del policy
+    per_seed_rows, summaries = [], []
+    for t, _ in iterates:
+        per_seed = {s: winrate.outcomes(store, judge, rows, samples[(f"iter{t}", s)], samples[("sft", s)], s)
+                    for s in ev.seeds}
+        r, summ = winrate.head_to_head(f"{recipe.name}@iter{t}", "sft", t, per_seed)
+        per_seed_rows += r
+        summaries.append(summ)
+    store.close()
+    d.mkdir(parents=True, exist_ok=True)
+    winrate.write_csv(d / "winrates.csv", per_seed_rows)
+    winrate.write_csv(d / "summary.csv", summaries, fields=list(summaries[0]))
+    table = winrate.markdown(summaries)
+    (d / "winrates.md").write_text(f"Judge: {judge.name}\n\n{table}\n")
+    winrate.plot(summaries, d / "winrates.png", f"{recipe.name}: iterate vs SFT ({judge.name})")
+    print(f"\nWin rates under {judge.name} ({len(rows)} test prompts, seeds {ev.seeds}):\n{table}", flush=True)
+    _mark(d)
+    return summaries
+
+
+def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
+    if until not in STAGES:
+        raise ConfigError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    out = prepare_run_dir(recipe, force)
+    _setup_logging(out)
+    t0 = time.time()
+    for stage in STAGES[: STAGES.index(until) + 1]:
+        ts = time.time()
+        {"data": stage_data, "sft": stage_sft, "online": stage_online, "eval": stage_eval}[stage](recipe)
+        log.info("stage %s finished in %.1fs", stage, time.time() - ts)
+    print(f"done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
+
+
+def _setup_logging(out: Path) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        fh = logging.FileHandler(out / "run.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.addHandler(fh)
+        root.setLevel(logging.INFO)
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setLevel(logging.WARNING)
+        root.addHandler(sh)

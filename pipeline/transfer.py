@@ -1,0 +1,137 @@
+"""Transfer from source rewards (TPO, ALGORITHMS.md §1 steps 3–6): Best-of-N transfer arms and selectors.
+
+A source's transfer policy is Best-of-N over the current policy's pool ranked by that source; its top
+`replace_num` responses replace online responses 0..replace_num-1 of the prompt. The win signal of a source
+arm on a prompt is 1 when the judge's best of the K responses is a transferred one; the self arm's win is a
+constant (the bar a source must clear). Selectors pick the arm per block of prompts.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+SELF = "self"
+
+
+def arm_names(sources: list[dict]) -> list[str]:
+    names = [s.get("label") or s["name"] for s in sources]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"sources {sorted(dupes)} appear twice; give each a distinct 'label'")
+    return names
+
+
+class ScoreCache:
+    """Source scores per (source, prompt id, response) within one iteration."""
+
+    def __init__(self, scorers: dict):
+        self.scorers, self.cache = scorers, {}
+
+    def scores(self, arm: str, rows: list[dict], responses: list[list[str]]) -> list[list[float]]:
+        flat = [(r, y) for r, ys in zip(rows, responses) for y in ys]
+        todo = {}
+        for r, y in flat:
+            if (arm, r["id"], y) not in self.cache:
+                todo[(arm, r["id"], y)] = (r, y)
+        if todo:
+            items = list(todo.values())
+            vals = self.scorers[arm]([r["document"] for r, _ in items], [y for _, y in items],
+                                     [r["summary"] for r, _ in items])
+            if len(vals) != len(items):
+                raise ValueError(f"source '{arm}' returned {len(vals)} scores for {len(items)} responses")
+            self.cache.update(zip(todo, map(float, vals)))
+        out, i = [], 0
+        for r, ys in zip(rows, responses):
+            out.append([self.cache[(arm, r["id"], y)] for y in ys])
+        return out
+
+
+def best_of_n(pool_scores: list[float], m: int, rng: random.Random) -> list[int]:
+    """Indices of the top-m pool responses; ties broken at random, never toward the first sample."""
+    order = sorted(range(len(pool_scores)), key=lambda j: (-pool_scores[j], rng.random()))
+    return order[:m]
+
+
+def transfer(online: list[list[str]], pool: list[list[str]], pool_scores: list[list[float]], replace_num: int,
+             rng: random.Random) -> list[list[str]]:
+    out = []
+    for ys, p, s in zip(online, pool, pool_scores):
+        chosen = [p[j] for j in best_of_n(s, min(replace_num, len(p)), rng)]
+        out.append(chosen + ys[len(chosen):])
+    return out
+
+
+class Selector:
+    """Fixed arm (pure exploit) or no transfer (the self arm). UCB below overrides choose/update."""
+
+    def __init__(self, arms: list[str], arm: str = SELF, self_win: float = 0.55, block_size: int = 0):
+        if arm not in arms + [SELF]:
+            raise ValueError(f"fixed selector arm '{arm}' is not a source; known: {', '.join(arms)}")
+        self.arms, self.arm, self.self_win, self.block_size = arms, arm, self_win, block_size
+        self.n = {a: 0 for a in arms + [SELF]}
+        self.wins = {a: 0.0 for a in arms + [SELF]}
+
+    def new_iteration(self) -> None:
+        pass
+
+    def choose(self) -> tuple[str, float]:
+        return self.arm, float("nan")
+
+    def update(self, arm: str, wins: list[float]) -> None:
+        self.n[arm] += len(wins)
+        self.wins[arm] += sum(wins)
+
+    def state(self) -> dict:
+        return {"n": dict(self.n), "wins": dict(self.wins)}
+
+    def load_state(self, state: dict) -> None:
+        self.n.update(state["n"])
+        self.wins.update(state["wins"])
+
+
+class UCB(Selector):
+    """V(a) = mean_win(a) + c / sqrt(n(a)); untried arms first (at random); argmax used for the next block."""
+
+    def __init__(self, arms, c: float = 1.0, block_size: int = 200, self_win: float = 0.55, carry: bool = False,
+                 seed: int = 0):
+        super().__init__(arms, SELF, self_win, block_size)
+        self.c, self.carry, self.rng = c, carry, random.Random(seed)
+
+    def new_iteration(self) -> None:
+        if not self.carry:  # the paper resets the statistics every iteration
+            self.n = {a: 0 for a in self.n}
+            self.wins = {a: 0.0 for a in self.wins}
+
+    def value(self, arm: str) -> float:
+        return self.wins[arm] / self.n[arm] + self.c / math.sqrt(self.n[arm])
+
+    def choose(self) -> tuple[str, float]:
+        untried = [a for a in self.n if self.n[a] == 0]
+        if untried:
+            return self.rng.choice(untried), float("inf")
+        values = {a: self.value(a) for a in self.n}
+        best = max(values.values())
+        arm = self.rng.choice([a for a, v in values.items() if v == best])
+        return arm, best
+
+
+SELECTOR_KEYS = {"none": set(), "fixed": {"arm"}, "ucb": {"c", "block_size", "self_win", "carry"}}
+
+
+def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+    if name not in SELECTOR_KEYS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SELECTOR_KEYS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown selector '{name}'; known: {', '.join(SELECTOR_KEYS)}.{hint}")
+    unknown = set(params) - SELECTOR_KEYS[name]
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}")
+    if name == "none":
+        return Selector(arms)
+    if not arms:
+        raise ValueError(f"selector '{name}' needs at least one entry in online.sources")
+    if name == "fixed":
+        return Selector(arms, params.get("arm", arms[0]))
+    return UCB(arms, seed=seed, **params)
