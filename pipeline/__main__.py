@@ -15,7 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sub.add_parser("help", help="list every config key with its help string")
-    args = parser.parse_args(argv)
+    # Overrides may come before or after --stage/--force, so collect them from what argparse leaves over.
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like key.sub=value)")
+    if args.cmd == "run":
+        args.overrides = list(args.overrides) + extra
 
     from pipeline.config import ConfigError, describe, load_recipe
 

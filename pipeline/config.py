@@ -71,6 +71,8 @@ class ModelConfig:
     prompt_prefix: str = f("Summarize: ", "prefix put before the document for seq2seq models")
     max_input_tokens: int = f(512, "documents are truncated to this many tokens")
     lora: LoRAConfig = f(LoRAConfig(), "parameter-efficient fine-tuning")
+    vocab_size: int = f(0, "shape: models: embedding rows (0 = the tokenizer's size; 32128 = the paper T5 vocabulary)")
+    init_seed: int = f(0, "seed of shape: random weights and of LoRA adapter initialisation")
 
 
 @dataclass

@@ -103,7 +103,8 @@ def stage_sft(recipe: Recipe) -> None:
         train = data_stage.load_split(recipe.out / "data", "train")
         ev = data_stage.load_split(recipe.out / "data", "eval")
         metrics = run_sft(policy, recipe.sft, train, ev, d)
-        print(f"sft: ROUGE-Lsum {metrics['rouge_lsum']:.3f} on {min(len(ev), recipe.sft.eval_examples)} eval rows, "
+        rouge = "skipped" if metrics["rouge_lsum"] is None else f"{metrics['rouge_lsum']:.3f}"
+        print(f"sft: ROUGE-Lsum {rouge} on {min(len(ev), recipe.sft.eval_examples)} eval rows, "
               f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}, "
               f"{metrics['wall_s']:.0f}s", flush=True)
     else:  # the online stage and the eval baseline start from the model as loaded

