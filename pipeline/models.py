@@ -249,7 +249,10 @@ def train_world_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size:
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     # no normalizer: NFKC or lower-casing would break exact round trips
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    # Punctuation is split off words so "Beljunford," and "Beljunford." share the name's token: a small model
+    # then copies one token per name instead of learning each punctuated variant separately.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+                                                 pre_tokenizers.Punctuation(behavior="isolated")])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     # unseen ASCII and common news punctuation still round-trip; other unseen characters become <unk>
     alphabet = [chr(c) for c in range(33, 127)] + list("\n\t£€°‘’“”–—…")
