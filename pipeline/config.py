@@ -36,6 +36,7 @@ class WorldConfig:
     n_distractors: int = f(3, "distractor sentences per article (other people, places, numbers)")
     paraphrase: float = f(0.5, "0..1: share of article fact sentences drawn from alternative phrasings")
     summary_templates: int = f(3, "number of reference-summary phrasings (1..4)")
+    lead_first: float = f(0.7, "probability that the fact sentence opens the article (else it is 2nd or 3rd)")
 
 
 @dataclass
@@ -138,6 +139,21 @@ class EvalConfig:
 
 
 @dataclass
+class SourceModelConfig:
+    label: str = f("big", "name a loglik source uses to point at this model: model: 'run:<label>'")
+    model: ModelConfig = f(ModelConfig(name="shape:t5-mini"), "the source model (same tokenizer as the policy)")
+    sft: SFTConfig = f(SFTConfig(), "its own supervised fine-tuning (typically more steps than the policy's)")
+
+
+@dataclass
+class TableConfig:
+    seeds: list[int] = f([0, 1, 2], "training seeds; each method runs once per seed from the shared SFT checkpoint")
+    methods: list[dict] = f([], "rows of the table as {label, selector: {name, params}}; empty = TPO (ucb), "
+                               "no transfer, and pure exploit of every source")
+    n_prompts: int = f(200, "held-out test prompts per head-to-head comparison")
+
+
+@dataclass
 class Recipe:
     name: str = f("demo", "run name; outputs go to runs/<name>/ unless run_dir is set")
     run_dir: str = f("", "output directory (default runs/<name>)")
@@ -148,6 +164,8 @@ class Recipe:
     judge: JudgeConfig = f(JudgeConfig(), "the simulated human that labels online responses")
     online: OnlineConfig = f(OnlineConfig(), "online preference optimisation stage")
     eval: EvalConfig = f(EvalConfig(), "win-rate evaluation stage")
+    source_models: list[SourceModelConfig] = f([], "models the sft stage trains for loglik sources ('run:<label>')")
+    table: TableConfig = f(TableConfig(), "make table: TPO vs baselines over seeds")
 
     @property
     def out(self) -> Path:

@@ -66,11 +66,12 @@ def policy_config(recipe: Recipe, name: str | Path | None = None):
     return dataclasses.replace(recipe.policy, name=str(name), tokenizer="auto")
 
 
-def tokenizer_dir(recipe: Recipe) -> Path | None:
-    """From-scratch policies get a tokenizer trained on the run's own training corpus."""
+def tokenizer_dir(recipe: Recipe, model=None) -> Path | None:
+    """From-scratch models get a tokenizer trained on the run's own training corpus (one per run, shared)."""
     from pipeline.models import train_world_tokenizer
 
-    if recipe.policy.tokenizer not in ("auto", "world") or not recipe.policy.name.startswith("shape:"):
+    model = model or recipe.policy
+    if model.tokenizer not in ("auto", "world") or not model.name.startswith("shape:"):
         return None
     tok = recipe.out / "data" / "tokenizer"
     if not (tok / "tokenizer.json").exists():
@@ -90,6 +91,38 @@ def stage_data(recipe: Recipe) -> None:
     _mark(d, report)
 
 
+def train_source_models(recipe: Recipe) -> None:
+    """Larger models the recipe trains itself for loglik sources (the offline world's T5-base / T5-large)."""
+    from pipeline.models import load_policy
+    from pipeline.sft import run_sft
+
+    for sm in recipe.source_models:
+        d = recipe.out / "sft" / "sources" / sm.label
+        if _done(d):
+            continue
+        seed_everything(sm.sft.seed)
+        model = load_policy(sm.model, tokenizer_dir=tokenizer_dir(recipe, sm.model))
+        metrics = run_sft(model, sm.sft, data_stage.load_split(recipe.out / "data", "train"),
+                          data_stage.load_split(recipe.out / "data", "eval"), d)
+        print(f"source model '{sm.label}': {metrics['n_params'] / 1e6:.1f}M params, ROUGE-Lsum {metrics['rouge_lsum']}, "
+              f"{metrics['wall_s']:.0f}s", flush=True)
+        _mark(d, metrics)
+
+
+def resolve_model_refs(recipe: Recipe, spec: dict) -> dict:
+    """A source's `model: run:<label>` points at a source model trained by this recipe's sft stage."""
+    model = spec.get("model")
+    ref = model if isinstance(model, str) else model.get("name") if isinstance(model, dict) else None
+    if not (isinstance(ref, str) and ref.startswith("run:")):
+        return spec
+    label = ref[4:]
+    labels = [sm.label for sm in recipe.source_models]
+    if label not in labels:
+        raise ConfigError(f"source model '{ref}' is not in source_models (labels: {', '.join(labels) or 'none'})")
+    path = str(recipe.out / "sft" / "sources" / label / "model")
+    return {**spec, "model": {**model, "name": path} if isinstance(model, dict) else path}
+
+
 def stage_sft(recipe: Recipe) -> None:
     from pipeline.models import load_policy
     from pipeline.sft import run_sft
@@ -97,6 +130,7 @@ def stage_sft(recipe: Recipe) -> None:
     d = recipe.out / "sft"
     if _done(d):
         return
+    train_source_models(recipe)
     seed_everything(recipe.sft.seed)
     policy = load_policy(recipe.policy, tokenizer_dir=tokenizer_dir(recipe))
     if recipe.sft.enabled:
@@ -139,7 +173,8 @@ def build_scorers(recipe: Recipe) -> dict:
     scorers = {}
     for name, spec in zip(names, specs):
         try:
-            scorers[name] = build_source({k: v for k, v in spec.items() if k != "label"}, ctx)
+            clean = resolve_model_refs(recipe, {k: v for k, v in spec.items() if k != "label"})
+            scorers[name] = build_source(clean, ctx)
         except ValueError as e:
             raise ConfigError(f"source '{name}': {e}") from None
     return scorers

@@ -106,7 +106,7 @@ def generate(n: int, cfg: WorldConfig, seed: int) -> list[dict]:
         body += rng.sample(_FILLERS, k=2)
         rng.shuffle(body)
         # The fact sentence is usually first (news style) but not always, so position alone is not enough.
-        body.insert(0 if rng.random() < 0.7 else rng.randint(1, 2), lead)
+        body.insert(0 if rng.random() < cfg.lead_first else rng.randint(1, 2), lead)
         summary = _fill(_SUMMARIES[rng.randrange(max(1, min(cfg.summary_templates, len(_SUMMARIES))))],
                         vp=vp, **{k: facts[k] for k in ("person", "role", "place")})
         rows.append({"id": f"w{seed}-{i:06d}", "document": "\n".join(body), "summary": summary, "facts": facts})
