@@ -26,7 +26,7 @@ from eval import winrate
 from pipeline import data as data_stage
 from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.labels import LabelStore
-from pipeline.runner import build_judge, build_scorers, policy_config, run, seed_everything
+from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run, seed_everything
 from pipeline.transfer import arm_names
 
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds"]
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe")
     parser.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     args, overrides = parser.parse_known_args(argv)
+    configure_threads()
     from pipeline.data import DataError
     from pipeline.models import ModelError
     from reward_sources import RegistryError

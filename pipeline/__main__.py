@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(describe()))
         return 0
     from pipeline.data import DataError
-    from pipeline.runner import run as run_recipe
+    from pipeline.runner import configure_threads, run as run_recipe
     from reward_sources import RegistryError
 
     user_errors = (ConfigError, DataError, RegistryError)
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (ModelError,)
     except ImportError:
         pass
+    configure_threads()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_recipe(recipe, until=args.stage, force=args.force)
