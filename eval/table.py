@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from eval import winrate
+from eval import winrate, world_report
 from pipeline import data as data_stage
 from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.labels import LabelStore
@@ -172,10 +172,11 @@ def plot_arms(recipe: Recipe, method: str, out: Path) -> list[Path]:
 
 def make_table(recipe: Recipe, force: bool = False) -> list[dict]:
     t0 = time.time()
-    run(recipe, until="sft", force=force)
+    run(recipe, until="sources", force=force)
     seed_everything(recipe.seed)
     judge = build_judge(recipe)
     scorers = build_scorers(recipe)
+    print(world_report.report(recipe, scorers), flush=True)
     train_rows = data_stage.load_split(recipe.out / "data", "train")
     train_all(recipe, train_rows, judge, scorers)
     test_rows = data_stage.load_split(recipe.out / "data", "test")[: recipe.table.n_prompts]

@@ -1,4 +1,4 @@
-"""CLI: python -m pipeline run RECIPE [--stage data|sft|online|eval] [--force] [key.sub=value ...]
+"""CLI: python -m pipeline run RECIPE [--stage data|sft|sources|online|eval] [--force] [key.sub=value ...]
        python -m pipeline help      (every config key with its help string)"""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run a recipe's stages (finished stages are skipped)")
     run.add_argument("recipe", help="YAML recipe")
-    run.add_argument("--stage", default="eval", help="run stages up to and including this one (data|sft|online|eval)")
+    run.add_argument("--stage", default="eval", help="run stages up to and including this one (data|sft|sources|online|eval)")
     run.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sub.add_parser("help", help="list every config key with its help string")

@@ -164,7 +164,7 @@ class Recipe:
     judge: JudgeConfig = f(JudgeConfig(), "the simulated human that labels online responses")
     online: OnlineConfig = f(OnlineConfig(), "online preference optimisation stage")
     eval: EvalConfig = f(EvalConfig(), "win-rate evaluation stage")
-    source_models: list[SourceModelConfig] = f([], "models the sft stage trains for loglik sources ('run:<label>')")
+    source_models: list[SourceModelConfig] = f([], "models the sources stage trains for loglik sources ('run:<label>')")
     table: TableConfig = f(TableConfig(), "make table: TPO vs baselines over seeds")
 
     @property

@@ -191,11 +191,21 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def validate(cfg: OnlineConfig, arms: list[str]):
+    """Config mistakes surface before any sampling; returns the selector."""
+    if cfg.k < 2:
+        raise ValueError(f"online.k must be at least 2 to form preference pairs, got {cfg.k}")
+    if arms and cfg.n_pool > 0 and not 0 < cfg.replace_num < cfg.k:
+        raise ValueError(f"online.replace_num must be between 1 and k-1 (k={cfg.k}), got {cfg.replace_num}: "
+                         "at least one online response must stay an untransferred sample of the policy")
+    return build_selector(cfg.selector.name, cfg.selector.params, arms, seed=cfg.seed)
+
+
 def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, train_rows: list[dict], judge,
                store: LabelStore, scorers: dict, out_dir: Path) -> list[dict]:
     """All iterations; a finished iteration (its DONE marker) is loaded instead of redone."""
+    selector = validate(cfg, list(scorers))
     out_dir.mkdir(parents=True, exist_ok=True)
-    selector = build_selector(cfg.selector.name, cfg.selector.params, list(scorers), seed=cfg.seed)
     start_cfg = dataclasses.replace(policy_cfg, name=str(start_dir), tokenizer="auto")
     policy, results = None, []
     for t in range(1, cfg.iterations + 1):

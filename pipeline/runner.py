@@ -24,7 +24,7 @@ from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
 from pipeline.labels import LabelStore
 
 log = logging.getLogger("pipeline")
-STAGES = ("data", "sft", "online", "eval")
+STAGES = ("data", "sft", "sources", "online", "eval")
 
 
 def configure_threads() -> int:
@@ -101,13 +101,14 @@ def stage_data(recipe: Recipe) -> None:
     _mark(d, report)
 
 
-def train_source_models(recipe: Recipe) -> None:
-    """Larger models the recipe trains itself for loglik sources (the offline world's T5-base / T5-large)."""
+def stage_sources(recipe: Recipe) -> None:
+    """Larger models the recipe trains itself for loglik sources (the offline world's T5-base / T5-large),
+    each with its own SFT, after the policy's (so `--stage sft` stays the policy alone)."""
     from pipeline.models import load_policy
     from pipeline.sft import run_sft
 
     for sm in recipe.source_models:
-        d = recipe.out / "sft" / "sources" / sm.label
+        d = recipe.out / "sources" / sm.label
         if _done(d):
             continue
         seed_everything(sm.sft.seed)
@@ -129,7 +130,7 @@ def resolve_model_refs(recipe: Recipe, spec: dict) -> dict:
     labels = [sm.label for sm in recipe.source_models]
     if label not in labels:
         raise ConfigError(f"source model '{ref}' is not in source_models (labels: {', '.join(labels) or 'none'})")
-    path = str(recipe.out / "sft" / "sources" / label / "model")
+    path = str(recipe.out / "sources" / label / "model")
     return {**spec, "model": {**model, "name": path} if isinstance(model, dict) else path}
 
 
@@ -140,7 +141,6 @@ def stage_sft(recipe: Recipe) -> None:
     d = recipe.out / "sft"
     if _done(d):
         return
-    train_source_models(recipe)
     seed_everything(recipe.sft.seed)
     policy = load_policy(recipe.policy, tokenizer_dir=tokenizer_dir(recipe))
     if recipe.sft.enabled:
@@ -177,6 +177,12 @@ def build_scorers(recipe: Recipe) -> dict:
         names = arm_names(specs)
     except (KeyError, TypeError):
         raise ConfigError("each entry of online.sources needs a 'name', e.g. {name: rouge}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    from pipeline.online import validate
+
+    try:
+        validate(recipe.online, names)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ctx = Context(run_dir=recipe.out)
@@ -260,7 +266,8 @@ def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
     t0 = time.time()
     for stage in STAGES[: STAGES.index(until) + 1]:
         ts = time.time()
-        {"data": stage_data, "sft": stage_sft, "online": stage_online, "eval": stage_eval}[stage](recipe)
+        {"data": stage_data, "sft": stage_sft, "sources": stage_sources, "online": stage_online,
+         "eval": stage_eval}[stage](recipe)
         log.info("stage %s finished in %.1fs", stage, time.time() - ts)
     print(f"done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
 

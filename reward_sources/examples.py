@@ -1,0 +1,32 @@
+"""Example user callables for the `python` source (recipe: `{name: python, function: reward_sources.examples:...}`).
+
+Each takes parallel lists (documents, responses, references) and returns one float per response.
+"""
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str | None) -> list[str]:
+    return _WORD.findall((text or "").lower())
+
+
+def support(documents, responses, references, min_len: int = 3):
+    """Share of the response's words (of at least `min_len` letters) that occur in the document.
+
+    A crude faithfulness proxy: words the document never uses (names, numbers) are often invented.
+    An empty response scores 0, so saying nothing is not rewarded.
+    """
+    out = []
+    for doc, resp in zip(documents, responses):
+        vocab = set(_words(doc))
+        words = [w for w in _words(resp) if len(w) >= min_len]
+        out.append(sum(w in vocab for w in words) / len(words) if words else 0.0)
+    return out
+
+
+def length_penalty(documents, responses, references, target: int = 20):
+    """Minus the distance in words from a target length (XSum references have ~20 words)."""
+    return [-abs(len(_words(r)) - target) / target for r in responses]

@@ -1,0 +1,181 @@
+"""Log-likelihood source reward: how probable another model finds the response given the document.
+
+score = beta * reduce(log p_model(response + EOS | prompt(document)))            (default: the paper's summed form)
+      - with `minus_reference: true`: beta * (that - the same under ctx.reference_policy), the implicit reward
+        beta * log pi'/pi_ref of a DPO-trained model against its reference;
+      - with `pmi: true`: beta * (that - the same given an empty document), i.e. pointwise mutual information
+        between document and response (removes the "short, generic text is likely" bias).
+reduce = sum (default) | mean (per token).
+
+Everything goes through `pipeline.models.Policy`, so prompt format and the response convention (tokens + EOS)
+are exactly those of the policy code. One speed-up on top: the responses of one document share its prompt, so
+`grouped_logprobs` encodes each distinct prompt once (a causal model's KV cache, a seq2seq model's encoder
+output) and scores all of its responses against it; the online loop (K samples per prompt) and the validation
+harness (5 systems per document) both have this shape. It is tested equal to `Policy.logprobs`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections import defaultdict
+
+import torch
+
+from reward_sources.rouge import check_batch, check_spec
+
+OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
+_POLICIES: dict[str, object] = {}
+_MEMO: dict[str, dict] = {}  # per loaded model: (document, response) -> (sum, n_tokens)
+_MEMO_LIMIT = 200_000
+
+
+def model_config(model):
+    """A ModelConfig from a name string or a ModelConfig-like mapping (strictly checked)."""
+    from pipeline import config
+
+    if isinstance(model, config.ModelConfig):
+        return model
+    if isinstance(model, str):
+        return config.ModelConfig(name=model)
+    if isinstance(model, dict):
+        try:
+            return config._build(config.ModelConfig, model, "loglik.model.")
+        except config.ConfigError as e:
+            raise ValueError(f"loglik: {e}") from None
+    raise ValueError(f"loglik: model must be a name or a mapping of ModelConfig fields, got {type(model).__name__}")
+
+
+def get_policy(model):
+    """Load once per configuration: the agreement harness builds several loglik scorers on one model."""
+    import dataclasses
+
+    from pipeline.models import load_policy
+
+    cfg = model_config(model)
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    if key not in _POLICIES:
+        try:
+            _POLICIES[key] = load_policy(cfg).eval()
+        except ValueError as e:  # ModelError and friends: already one line
+            raise ValueError(f"loglik: {e}") from None
+    return key, _POLICIES[key]
+
+
+def _chunks(seq, size):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+@torch.inference_mode()
+def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size: int) -> list[tuple[float, int]]:
+    """(sum, n) of each target given one shared prompt, encoding the prompt once."""
+    from pipeline.models import _pad, _token_logprobs
+
+    model, dev = policy.model, policy.device
+    out = []
+    if policy.is_seq2seq:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        enc_ids = torch.tensor([prompt], device=dev)
+        hidden = model.get_encoder()(input_ids=enc_ids, attention_mask=torch.ones_like(enc_ids)).last_hidden_state
+        for chunk in _chunks(targets, batch_size):
+            labels, lmask = _pad(chunk, policy.pad_id, left=False)
+            dec_in, _ = _pad([[policy.pad_id] + t[:-1] for t in chunk], policy.pad_id, left=False)
+            b = len(chunk)
+            logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.expand(b, -1, -1)),
+                           attention_mask=torch.ones(b, len(prompt), dtype=torch.long, device=dev),
+                           decoder_input_ids=dec_in.to(dev), decoder_attention_mask=lmask.to(dev)).logits
+            lp = torch.where(lmask.to(dev).bool(), _token_logprobs(logits, labels.to(dev)), 0.0)
+            out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
+        return out
+    pre = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(pre.logits[0, -1].float(), -1)  # predicts each response's first token
+    n_pre = len(prompt)
+    for chunk in _chunks(targets, batch_size):
+        labels, lmask = _pad(chunk, policy.pad_id, left=False)
+        labels, lmask = labels.to(dev), lmask.to(dev)
+        b, width = labels.shape
+        cache = copy.deepcopy(pre.past_key_values)
+        cache.batch_repeat_interleave(b)
+        mask = torch.cat([torch.ones(b, n_pre, dtype=torch.long, device=dev), lmask], 1)
+        pos = torch.arange(n_pre, n_pre + width, device=dev).expand(b, -1)  # right padding: real tokens contiguous
+        tok_lp = first[labels[:, 0]].unsqueeze(1)
+        if width > 1:
+            logits = model(input_ids=labels[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                           past_key_values=cache).logits
+            tok_lp = torch.cat([tok_lp, _token_logprobs(logits, labels[:, 1:])], 1)
+        lp = torch.where(lmask.bool(), tok_lp, 0.0)
+        out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
+    return out
+
+
+def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """Summed log-probs and token counts of responses (+EOS), encoding each distinct document's prompt once."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(documents):
+        groups[d].append(i)
+    targets = policy._response_ids(list(responses))
+    sums, counts = [0.0] * len(responses), [0] * len(responses)
+    with torch.inference_mode():
+        for doc, idx in groups.items():
+            prompt = policy._prompt_ids([doc])[0]
+            for i, (s, n) in zip(idx, _score_group(policy, prompt, [targets[i] for i in idx], batch_size)):
+                sums[i], counts[i] = s, n
+    return sums, counts
+
+
+def policy_logprobs(policy, documents, responses, batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """Shared-prompt path when documents repeat (one prompt encoding per document), else Policy.logprobs."""
+    if len(set(documents)) < len(documents):
+        return grouped_logprobs(policy, documents, responses, batch_size)
+    total, _, n = policy.logprobs(list(documents), list(responses), batch_size=batch_size)
+    return total.tolist(), n.tolist()
+
+
+def build(spec: dict, ctx=None):
+    check_spec(spec, OPTIONS, "loglik")
+    reduce = spec.get("reduce", "sum")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"loglik: reduce must be 'sum' or 'mean', got '{reduce}'")
+    minus_ref, pmi = bool(spec.get("minus_reference", False)), bool(spec.get("pmi", False))
+    if minus_ref and pmi:
+        raise ValueError("loglik: choose one of minus_reference and pmi")
+    if "model" not in spec:
+        raise ValueError("loglik: set 'model' (e.g. 'gguf:smollm2', a local directory, or a ModelConfig mapping)")
+    beta = float(spec.get("beta", 1.0))
+    batch_size = int(spec.get("batch_size", 16))
+    key, policy = get_policy(spec["model"])
+    memo = _MEMO.setdefault(key, {})
+
+    def own(documents, responses):
+        """Log-probs under the source model, memoised (sum and mean scorers on one model share the work)."""
+        todo = sorted({(d, r) for d, r in zip(documents, responses) if (d, r) not in memo})
+        if todo:
+            if len(memo) + len(todo) > _MEMO_LIMIT:
+                memo.clear()
+            sums, counts = policy_logprobs(policy, [d for d, _ in todo], [r for _, r in todo], batch_size)
+            memo.update(zip(todo, zip(sums, counts)))
+        return [memo[(d, r)] for d, r in zip(documents, responses)]
+
+    def reduced(pairs):
+        return [s if reduce == "sum" else s / n for s, n in pairs]
+
+    def score(documents, responses, references=None):
+        check_batch("loglik", documents, responses)
+        documents = [d or "" for d in documents]
+        responses = [r or "" for r in responses]
+        vals = reduced(own(documents, responses))
+        if pmi:
+            base = reduced(own([""] * len(responses), responses))
+            vals = [v - b for v, b in zip(vals, base)]
+        elif minus_ref:
+            ref = getattr(ctx, "reference_policy", None)
+            if ref is None:
+                raise ValueError("loglik: minus_reference needs ctx.reference_policy (set by the online stage)")
+            # never memoised: the reference changes between iterations
+            vals = [v - b for v, b in zip(vals, reduced(zip(*policy_logprobs(ref, documents, responses, batch_size))))]
+        return [beta * v for v in vals]
+
+    score.__name__ = f"loglik_{reduce}" + ("_pmi" if pmi else "_minus_ref" if minus_ref else "")
+    score.policy = policy
+    return score
