@@ -45,7 +45,7 @@ SHAPES: dict[str, tuple[str, dict]] = {
                                  num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)),
 }
 GGUF_ALIASES = ("smollm2",)
-OFFLINE_HINT = "offline alternatives: 'shape:t5-mini' (random weights), 'gguf:smollm2', or a local model directory"
+OFFLINE_HINT = "offline alternatives: 'shape:t5-micro' (random weights), 'gguf:smollm2', or a local model directory"
 
 
 @contextlib.contextmanager
