@@ -33,10 +33,10 @@ def f(default: Any, help: str):
 class WorldConfig:
     n_people: int = f(60, "size of the pool of invented person names")
     n_places: int = f(30, "size of the pool of invented place names")
-    n_distractors: int = f(3, "distractor sentences per article (other people, places, numbers)")
-    paraphrase: float = f(0.5, "0..1: share of article fact sentences drawn from alternative phrasings")
+    n_distractors: int = f(1, "distractor sentences per article (other people, places, numbers)")
+    paraphrase: float = f(0.25, "0..1: share of article fact sentences drawn from alternative phrasings")
     summary_templates: int = f(3, "number of reference-summary phrasings (1..4)")
-    lead_first: float = f(0.7, "probability that the fact sentence opens the article (else it is 2nd or 3rd)")
+    lead_first: float = f(0.85, "probability that the fact sentence opens the article (else it is 2nd or 3rd)")
 
 
 @dataclass
@@ -63,8 +63,8 @@ class LoRAConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = f("shape:t5-tiny", "hub name, local directory, a .gguf file, 'gguf:smollm2', or 'shape:<name>' "
-                  "for random weights (t5-tiny, t5-mini, t5-small, t5-base, t5-large, llama-tiny)")
+    name: str = f("shape:t5-micro", "hub name, local directory, a .gguf file, 'gguf:smollm2', or 'shape:<name>' "
+                  "for random weights (t5-tiny, t5-micro, t5-micro-l4, t5-mini, t5-small, t5-base, t5-large, llama-tiny)")
     kind: Literal["auto", "seq2seq", "causal"] = f("auto", "model family; auto = read from the model config")
     tokenizer: str = f("auto", "'auto' (the model's own; for shapes the world tokenizer), 'world', or a path/hub name")
     dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype")
@@ -79,10 +79,10 @@ class ModelConfig:
 @dataclass
 class SFTConfig:
     enabled: bool = f(True, "run supervised fine-tuning (off = start online from the model as loaded)")
-    steps: int = f(600, "optimizer steps")
-    batch_size: int = f(16, "examples per step")
-    lr: float = f(1e-3, "peak learning rate (linear warm-up, cosine decay)")
-    warmup: int = f(50, "warm-up steps")
+    steps: int = f(900, "optimizer steps")
+    batch_size: int = f(32, "examples per step")
+    lr: float = f(3e-3, "peak learning rate (linear warm-up, cosine decay)")
+    warmup: int = f(30, "warm-up steps")
     weight_decay: float = f(0.0, "AdamW weight decay")
     max_target_tokens: int = f(64, "reference summaries are truncated to this many tokens")
     eval_examples: int = f(200, "eval-split rows scored with ROUGE-Lsum at the end (0 = skip)")

@@ -37,6 +37,7 @@ class ModelError(ValueError):
 SHAPES: dict[str, tuple[str, dict]] = {
     "t5-tiny": ("t5", dict(d_model=64, d_ff=256, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4)),
     "t5-micro": ("t5", dict(d_model=128, d_ff=512, d_kv=32, num_layers=3, num_decoder_layers=3, num_heads=4)),
+    "t5-micro-l4": ("t5", dict(d_model=128, d_ff=512, d_kv=32, num_layers=4, num_decoder_layers=4, num_heads=4)),
     "t5-mini": ("t5", dict(d_model=256, d_ff=1024, d_kv=64, num_layers=4, num_decoder_layers=4, num_heads=4)),
     "t5-small": ("t5", {}),
     "t5-base": ("t5", dict(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_decoder_layers=12, num_heads=12)),
