@@ -38,8 +38,9 @@ table: venv
 stages: venv
 	$(PY) -m pipeline.selection.report $(ARGS)
 
+# --recipe (extra sources from a recipe) only when RECIPE is given on the command line.
 validate: venv
-	$(PY) -m eval.agreement $(JUDGMENTS) --recipe $(RECIPE) $(ARGS)
+	$(PY) -m eval.agreement $(JUDGMENTS) $(if $(filter command line,$(origin RECIPE)),--recipe $(RECIPE)) $(ARGS)
 
 clean:
 	rm -rf runs
