@@ -363,7 +363,7 @@ def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
               f"- pairwise accuracy over document-wise pairs whose human scores differ (scorer ties = 0.5); "
               f"95% CI: {args.bootstrap} bootstrap resamples of documents, seed {args.seed}",
               f"- pairwise judges: both orders, first {args.judge_docs or 'all'} documents; per-summary score = "
-              f"mean win rate (Borda); failures = unparseable answers, left out",
+              "mean win rate (Borda); failures = unparseable answers, left out",
               f"- reference-based scorers (ROUGE, BERTScore) give a 'Gold' system (the reference itself) a perfect "
               f"score; --exclude-systems Gold removes it",
               f"- wall time {time.time() - t_all:.0f} s ({threads} torch threads)"]

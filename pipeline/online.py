@@ -23,6 +23,7 @@ from pipeline.config import ModelConfig, OnlineConfig
 from pipeline.labels import LabelStore
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
+from pipeline.sft import lr_lambda
 from pipeline.transfer import SELF, ScoreCache, build_selector, transfer
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[tuple]
     return pairs, dropped
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
 def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, seed: int) -> dict:
     """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed)."""
     torch.manual_seed(seed)
@@ -84,7 +77,7 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(step, cfg.warmup, total))
     policy.train()
     history = []
     bar = tqdm(total=total, desc="update", leave=False)

@@ -18,34 +18,13 @@ from tqdm.auto import tqdm
 from pipeline.config import SFTConfig
 from pipeline.models import Policy
 
-_SCORER = None
-_SPLITTER = None
-_ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "no", "u.s", "u.k", "u.n", "e.g", "i.e")
-
-
 def rouge_lsum(preds: list[str], refs: list[str]) -> list[float]:
-    """ROUGE-Lsum F1 per pair (rouge-score, Porter stemming), summaries split into sentences first.
+    """ROUGE-Lsum F1 per pair: the `rouge` source reward, so SFT metrics and transfer use one implementation."""
+    from reward_sources.rouge import build
 
-    rouge-score's own split_summaries=True calls nltk.sent_tokenize, which needs the punkt download (absent
-    offline). An untrained nltk Punkt splitter needs no data and splits on sentence-final punctuation; its
-    sentences are joined with newlines, which is how rougeLsum delimits sentences.
-    """
-    global _SCORER, _SPLITTER
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
-    if _SCORER is None:
-        from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True, split_summaries=False)
-        params = PunktParameters()
-        params.abbrev_types = set(_ABBREVIATIONS)  # the trained model knows these; the blank one does not
-        _SPLITTER = PunktSentenceTokenizer(params)
-
-    def split(text: str) -> str:
-        return "\n".join(s.strip() for s in _SPLITTER.tokenize(text.replace("\n", " ")))
-
-    return [_SCORER.score(split(ref), split(pred))["rougeLsum"].fmeasure for pred, ref in zip(preds, refs)]
+    return build({"name": "rouge"})([""] * len(preds), preds, refs)
 
 
 def lr_lambda(step: int, warmup: int, total: int) -> float:

@@ -40,10 +40,7 @@ class ScoreCache:
             if len(vals) != len(items):
                 raise ValueError(f"source '{arm}' returned {len(vals)} scores for {len(items)} responses")
             self.cache.update(zip(todo, map(float, vals)))
-        out, i = [], 0
-        for r, ys in zip(rows, responses):
-            out.append([self.cache[(arm, r["id"], y)] for y in ys])
-        return out
+        return [[self.cache[(arm, r["id"], y)] for y in ys] for r, ys in zip(rows, responses)]
 
 
 def best_of_n(pool_scores: list[float], m: int, rng: random.Random) -> list[int]:
