@@ -364,8 +364,8 @@ def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
               f"95% CI: {args.bootstrap} bootstrap resamples of documents, seed {args.seed}",
               f"- pairwise judges: both orders, first {args.judge_docs or 'all'} documents; per-summary score = "
               "mean win rate (Borda); failures = unparseable answers, left out",
-              f"- reference-based scorers (ROUGE, BERTScore) give a 'Gold' system (the reference itself) a perfect "
-              f"score; --exclude-systems Gold removes it",
+              "- reference-based scorers (ROUGE, BERTScore) give a 'Gold' system (the reference itself) a perfect "
+              "score; --exclude-systems Gold removes it",
               f"- wall time {time.time() - t_all:.0f} s ({threads} torch threads)"]
     header += [f"- FAILED scorer {label}: {reason}" for label, reason in failed]
     md = markdown(results, header)
