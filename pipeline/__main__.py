@@ -39,17 +39,50 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (ModelError,)
     except ImportError:
         pass
+    from pipeline.online import OnlineStopped
+
     configure_threads()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
+        check_names(recipe)
         run_recipe(recipe, until=args.stage, force=args.force)
     except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OnlineStopped, FloatingPointError) as e:  # a run that cannot go on: finished stages/iterations are kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def check_names(recipe) -> None:
+    """Unknown judge / source / selector names fail before any stage runs (not after minutes of SFT)."""
+    from pipeline.config import ConfigError
+    from pipeline.transfer import SELECTOR_KEYS
+    from reward_sources.registry import check_name
+
+    for where, judge in (("judge", recipe.judge), ("eval.judge", recipe.eval.judge)):
+        if judge is not None:
+            try:
+                check_name("judge", judge.name)
+            except ValueError as e:
+                raise ConfigError(f"{where}.name: {e}") from None
+    for i, spec in enumerate(recipe.online.sources):
+        if isinstance(spec, dict) and "name" in spec:
+            try:
+                check_name("source", spec["name"])
+            except ValueError as e:
+                raise ConfigError(f"online.sources[{i}].name: {e}") from None
+    name = recipe.online.selector.name
+    if name not in SELECTOR_KEYS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SELECTOR_KEYS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"online.selector.name: unknown selector '{name}'; known: {', '.join(SELECTOR_KEYS)}.{hint}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,8 @@ class OnlineConfig:
     max_grad_norm: float = f(1.0, "gradient clipping")
     sources: list[dict] = f([], "source rewards to transfer from, e.g. [{name: rouge}, {name: loglik, model: ...}]")
     selector: SelectorConfig = f(SelectorConfig(), "transfer arm selection")
+    max_judge_failure_rate: float = f(0.1, "stop the online stage when more than this share of an iteration's "
+                                           "judge answers failed (raised or NaN; stored as NULL, never a score)")
     seed: int = f(0, "seed of prompt draws and sampling")
 
 

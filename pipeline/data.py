@@ -48,6 +48,18 @@ def _normalise(raw_rows, origin: str, cfg: DataConfig, report: dict) -> list[dic
     return rows
 
 
+def _check_utf8(path: Path) -> None:
+    """A non-UTF-8 byte is a one-line DataError naming the file and line (not a skip: a wrong encoding usually
+    garbles many rows, and silently dropping them would bias the data)."""
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"data file '{path}' line {n} is not valid UTF-8 (byte 0x{line[e.start]:02x} at "
+                                f"column {e.start + 1}); re-save the file as UTF-8") from None
+
+
 def _from_datasets(cfg: DataConfig) -> dict[str, list]:
     """Local JSON/JSONL or a hub dataset, via `datasets`; returns raw rows per split name."""
     import datasets
@@ -58,6 +70,7 @@ def _from_datasets(cfg: DataConfig) -> dict[str, list]:
             raise DataError(f"data file '{path}' does not exist")
         if path.suffix not in (".json", ".jsonl"):
             raise DataError(f"data file '{path}' must be .json or .jsonl")
+        _check_utf8(path)
         try:
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception as e:  # pyarrow's messages are long; keep the first line
@@ -92,8 +105,9 @@ def load_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
         for r in rows:
             split = _SPLIT_ALIASES.get(str(r.get("split", name)))
             (by_split[split] if split else unsplit).append(r)
-    splits = {s: _normalise(by_split[s], f"{cfg.source}:{s}", cfg, report) for s in SPLITS}
-    rest = _normalise(unsplit, cfg.source, cfg, report)
+    origin = cfg.source if cfg.source == "synthetic" else f"{cfg.source} '{cfg.path}'"
+    splits = {s: _normalise(by_split[s], f"{origin} split {s}", cfg, report) for s in SPLITS}
+    rest = _normalise(unsplit, origin, cfg, report)
     rng = random.Random(cfg.seed)
     rng.shuffle(rest)
     if rest:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import sqlite3
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -43,10 +47,11 @@ class LabelStore:
         self.reused = 0  # answers served from the store
 
     def _lookup(self, keys: list[str]) -> dict[str, float | None]:
+        """Stored answers; a stored failure (NULL) is not returned, so a rerun asks that query again."""
         found = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            q = f"SELECT key, answer FROM labels WHERE key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT key, answer FROM labels WHERE answer IS NOT NULL AND key IN ({','.join('?' * len(chunk))})"
             found.update(dict(self.db.execute(q, chunk).fetchall()))
         return found
 
@@ -60,19 +65,49 @@ class LabelStore:
             first.setdefault(keys[i], i)
         ask_idx = list(first.values())
         if ask_idx:
-            answers = ask([rows[i] for i in ask_idx], [a[i] for i in ask_idx], [b[i] for i in ask_idx])
-            raws = getattr(judge, "last_raw", None) or [None] * len(ask_idx)
+            answers, raws = self._ask(judge, ask, [rows[i] for i in ask_idx], [a[i] for i in ask_idx],
+                                      [b[i] for i in ask_idx])
             now = time.time()
-            with self.db:
+            with self.db:  # REPLACE: a failure stored by an earlier run is overwritten by the new answer
                 self.db.executemany(
-                    "INSERT OR IGNORE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [(keys[i], str(iteration), str(rows[i]["id"]), judge.name, kind, a[i], b[i],
-                      None if ans is None else float(ans), None if raw is None else json.dumps(raw), now)
+                      ans, None if raw is None else json.dumps(raw), now)
                      for i, ans, raw in zip(ask_idx, answers, raws)])
-            found.update({keys[i]: (None if ans is None else float(ans)) for i, ans in zip(ask_idx, answers)})
+            found.update({keys[i]: ans for i, ans in zip(ask_idx, answers)})
             self.asked += len(ask_idx)
         self.reused += len(keys) - len(ask_idx)
         return [found[k] for k in keys]
+
+    def _ask(self, judge, ask, rows, a, b) -> tuple[list[float | None], list]:
+        """The judge's answers, with failures as None: a judge that raises (for the batch, then per query) or
+        answers NaN/inf/non-numbers gives None, stored as NULL and never used as a score."""
+        try:
+            answers = list(ask(rows, a, b))
+            if len(answers) != len(rows):
+                raise ValueError(f"judge returned {len(answers)} answers for {len(rows)} queries")
+            raws = list(getattr(judge, "last_raw", None) or [None] * len(rows))
+        except Exception as e:  # noqa: BLE001 - a judge failure is data, not a crash
+            if len(rows) == 1:
+                log.warning("judge %s failed: %s", judge.name, (str(e).splitlines() or [type(e).__name__])[0])
+                return [None], [None]
+            answers, raws = [], []
+            for r, x, y in zip(rows, a, b):
+                ans, raw = self._ask(judge, ask, [r], [x], [y])
+                answers += ans
+                raws += raw
+            return answers, raws
+        clean = []
+        for ans in answers:
+            try:
+                v = None if ans is None else float(ans)
+            except (TypeError, ValueError):
+                v = None
+            clean.append(v if v is not None and math.isfinite(v) else None)
+        if any(c is None and x is not None for c, x in zip(clean, answers)):
+            log.warning("judge %s gave %d non-finite or non-numeric answer(s), recorded as failures", judge.name,
+                        sum(c is None and x is not None for c, x in zip(clean, answers)))
+        return clean, raws
 
     def scalar(self, judge, rows: list[dict], responses: list[str], iteration, seed: int = 0) -> list[float | None]:
         return self._label(judge, "scalar", rows, responses, [None] * len(responses), iteration, seed,

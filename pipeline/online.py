@@ -29,12 +29,21 @@ from pipeline.transfer import SELF, ScoreCache, build_selector, transfer
 log = logging.getLogger(__name__)
 
 
+class OnlineStopped(RuntimeError):
+    """The online stage cannot go on (judge failing too often, nothing to learn from): one line for the CLI."""
+
+
 def label_responses(store: LabelStore, judge, rows: list[dict], responses: list[list[str]], iteration,
-                    seed: int) -> list[list[float | None]]:
-    """Judge scores for every response of every prompt (pairwise judges: round-robin wins, both orders)."""
+                    seed: int, stats: dict | None = None) -> list[list[float | None]]:
+    """Judge scores for every response of every prompt (pairwise judges: round-robin wins, both orders).
+
+    A failed judge answer (None: the judge raised or gave NaN, see LabelStore) is no score: a scalar response
+    scores None, a pairwise response whose every comparison failed scores None. `stats`, when given, gets
+    "labels" and "failed" counts added (for online.max_judge_failure_rate)."""
     if judge.kind == "scalar":
         flat_rows = [r for r, ys in zip(rows, responses) for _ in ys]
         flat = store.scalar(judge, flat_rows, [y for ys in responses for y in ys], iteration, seed)
+        _count(stats, flat)
         out, i = [], 0
         for ys in responses:
             out.append(flat[i : i + len(ys)])
@@ -43,12 +52,21 @@ def label_responses(store: LabelStore, judge, rows: list[dict], responses: list[
     idx = [(p, i, j) for p, ys in enumerate(responses) for i in range(len(ys)) for j in range(i + 1, len(ys))]
     answers = store.pairwise(judge, [rows[p] for p, _, _ in idx], [responses[p][i] for p, i, _ in idx],
                              [responses[p][j] for p, _, j in idx], iteration, seed)
+    _count(stats, answers)
     wins = [[0.0] * len(ys) for ys in responses]
+    answered = [[False] * len(ys) for ys in responses]
     for (p, i, j), a in zip(idx, answers):
         if a is not None:
             wins[p][i] += a
             wins[p][j] += 1 - a
-    return wins
+            answered[p][i] = answered[p][j] = True
+    return [[w if ok else None for w, ok in zip(ws, oks)] for ws, oks in zip(wins, answered)]
+
+
+def _count(stats: dict | None, answers: list) -> None:
+    if stats is not None:
+        stats["labels"] = stats.get("labels", 0) + len(answers)
+        stats["failed"] = stats.get("failed", 0) + sum(a is None for a in answers)
 
 
 def _argext(scores: list, rng: random.Random, sign: int) -> int:
@@ -96,6 +114,7 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
                 cfg.loss, lp[:n], lp[n : 2 * n], ref["w"][idx], ref["l"][idx], cfg.beta, cfg.xpo_alpha,
                 lp[2 * n :] if cfg.loss == "xpo" else None)
             if not torch.isfinite(loss):
+                bar.close()  # so the one-line error does not land after the progress bar
                 raise FloatingPointError(f"non-finite {cfg.loss} loss at epoch {epoch} step {b}; "
                                          "the last good checkpoint is kept (lower online.lr?)")
             opt.zero_grad(set_to_none=True)
@@ -139,6 +158,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     selector.new_iteration()
     block = selector.block_size or len(rows)
     responses, scores, arm_rows = [], [], []
+    judge_stats = {"labels": 0, "failed": 0}
     t1 = time.time()
     for b, start in enumerate(tqdm(range(0, len(rows), block), desc=f"iter {t} label", leave=False)):
         brows, bsamples = rows[start : start + block], samples[start : start + block]
@@ -147,7 +167,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
         if arm != SELF:
             pool = [s[cfg.k :] for s in bsamples]
             online = transfer(online, pool, cache.scores(arm, brows, pool), cfg.replace_num, rng)
-        bscores = label_responses(store, judge, brows, online, t, cfg.seed)
+        bscores = label_responses(store, judge, brows, online, t, cfg.seed, judge_stats)
         if arm == SELF:
             wins = [selector.self_win] * len(brows)
         else:
@@ -159,21 +179,34 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
         responses += online
         scores += bscores
     timings["transfer_and_label_s"] = time.time() - t1
+    failure_rate = judge_stats["failed"] / max(judge_stats["labels"], 1)
+    if judge_stats["failed"]:
+        log.warning("iteration %d: %d of %d judge answers failed (recorded as NULL in labels.sqlite)", t,
+                    judge_stats["failed"], judge_stats["labels"])
+    if failure_rate > cfg.max_judge_failure_rate:
+        raise OnlineStopped(f"iteration {t}: the judge failed on {judge_stats['failed']} of {judge_stats['labels']} "
+                            f"labels ({failure_rate:.0%} > online.max_judge_failure_rate={cfg.max_judge_failure_rate:g}); "
+                            "failures are stored as NULL and asked again when you rerun")
 
     pairs, dropped = make_pairs(rows, responses, scores, rng)
     if not pairs:
-        raise RuntimeError(f"iteration {t}: every prompt's responses tied under the judge; no pairs to learn from")
+        raise OnlineStopped(f"iteration {t}: every prompt's responses tied under the judge (or had fewer than two "
+                            "valid scores); no pairs to learn from")
     t2 = time.time()
     ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
     timings["reference_s"] = time.time() - t2
     t3 = time.time()
-    upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
+    try:
+        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"iteration {t}: {e}") from None
     timings["update_s"] = time.time() - t3
 
     # Noiseless quality of an untransferred sample (the oracle knows it; other judges do not).
     utilities = judge.utility(rows, [ys[-1] for ys in responses]) if hasattr(judge, "utility") else []
     metrics = {"iteration": t, "prompts": len(rows), "pairs": len(pairs), "tied_prompts_dropped": dropped,
                "labels_spent_total": store.count(), "labels_asked_this_process": store.asked,
+               "judge_failures": judge_stats["failed"],
                "mean_judge_score": _mean([s for ss in scores for s in ss if s is not None]),
                "mean_true_utility": _mean(utilities), **upd, **timings,
                "arms": {a: n for a, n in selector.n.items() if n}}

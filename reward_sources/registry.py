@@ -46,11 +46,17 @@ class Context:
     extra: dict = field(default_factory=dict)
 
 
-def _lookup(table: dict, kind: str, name: str):
-    if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
+def check_name(kind: str, name) -> None:
+    """Fail on an unknown source/judge name without importing anything (the CLI checks before any stage runs)."""
+    table = {"source": SOURCES, "judge": JUDGES}[kind]
+    if not isinstance(name, str) or name not in table:
+        close = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise RegistryError(f"unknown {kind} '{name}'; known: {', '.join(sorted(table))}.{hint}")
+
+
+def _lookup(table: dict, kind: str, name: str):
+    check_name("source" if table is SOURCES else "judge", name)
     module, attr = table[name].split(":")
     return getattr(importlib.import_module(module), attr)
 
