@@ -200,7 +200,8 @@ def stage_online(recipe: Recipe) -> None:
     from pipeline.online import run_online
 
     d = recipe.out / "online"
-    if _done(d):
+    # Done only if every iteration asked for is: raising online.iterations (with --force) continues the run.
+    if _done(d) and all(_done(d / f"iter_{t}") for t in range(1, recipe.online.iterations + 1)):
         return
     seed_everything(recipe.online.seed)
     judge = build_judge(recipe)
@@ -219,7 +220,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     from pipeline.models import load_policy
 
     d = recipe.out / "eval"
-    if _done(d):
+    if _done(d) and json.loads((d / "DONE").read_text() or "{}").get("iterations") == recipe.online.iterations:
         print((d / "winrates.md").read_text())
         return []
     ev = recipe.eval
@@ -254,7 +255,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     (d / "winrates.md").write_text(f"Judge: {judge.name}\n\n{table}\n")
     winrate.plot(summaries, d / "winrates.png", f"{recipe.name}: iterate vs SFT ({judge.name})")
     print(f"\nWin rates under {judge.name} ({len(rows)} test prompts, seeds {ev.seeds}):\n{table}", flush=True)
-    _mark(d)
+    _mark(d, {"iterations": recipe.online.iterations})
     return summaries
 
 

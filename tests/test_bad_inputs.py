@@ -23,8 +23,7 @@ import pytest
 
 from pipeline import world
 from pipeline.__main__ import main
-from pipeline.config import ConfigError, DataConfig, ModelConfig, OnlineConfig, WorldConfig, load_recipe
-from pipeline.data import DataError, load_rows
+from pipeline.config import ConfigError, ModelConfig, OnlineConfig, WorldConfig, load_recipe
 from pipeline.labels import LabelStore
 from pipeline.models import ModelError, load_policy
 from pipeline.online import label_responses, make_pairs, reference_logprobs, update

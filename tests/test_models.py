@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, T5Config
 
-from pipeline.config import LoRAConfig, ModelConfig
+from pipeline.config import ModelConfig
 from pipeline.models import ModelError, load_policy, train_world_tokenizer
 from conftest import generated_texts
 

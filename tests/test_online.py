@@ -104,3 +104,13 @@ def test_changed_recipe_is_refused_on_resume(tmp_path):
     with pytest.raises(ConfigError, match=r"recipe changed since .* \(online.beta\)"):
         prepare_run_dir(tiny_recipe(tmp_path, "online.beta=0.5"))
     prepare_run_dir(tiny_recipe(tmp_path, "online.beta=0.5"), force=True)
+
+
+def test_more_iterations_on_resume_continues_the_run(tmp_path):
+    run(tiny_recipe(tmp_path, "online.iterations=1"))
+    first = (tmp_path / "online" / "iter_1" / "model" / "model.safetensors").read_bytes()
+    run(tiny_recipe(tmp_path, "online.iterations=2"), force=True)
+    assert (tmp_path / "online" / "iter_1" / "model" / "model.safetensors").read_bytes() == first  # not redone
+    assert (tmp_path / "online" / "iter_2" / "DONE").exists()
+    rows = (tmp_path / "eval" / "winrates.csv").read_text().splitlines()[1:]
+    assert sorted({r.split(",")[2] for r in rows}) == ["1", "2"]  # the eval was redone for the new iterate
