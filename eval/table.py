@@ -151,7 +151,7 @@ def plot_arms(recipe: Recipe, method: str, out: Path) -> list[Path]:
     for t in sorted({int(r["iteration"]) for r in rows}):
         it = [r for r in rows if int(r["iteration"]) == t]
         blocks = sorted({int(r["block"]) for r in it})
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig, ax = plt.subplots(figsize=(7, 3))
         bottom = np.zeros(len(blocks))
         for arm in arms:
             share = np.array([sum(r["arm"] == arm for r in it if int(r["block"]) == b) /
@@ -161,7 +161,7 @@ def plot_arms(recipe: Recipe, method: str, out: Path) -> list[Path]:
         ax.set_xlabel("block")
         ax.set_ylabel("share of seeds")
         ax.set_title(f"{method}: arm choice per block, iteration {t}")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         p = out / f"arms_iter{t}.png"
         fig.savefig(p, dpi=110)
