@@ -85,10 +85,7 @@ def sample_all(recipe: Recipe, labels: list[str], rows: list[dict]) -> dict:
                     out[(label, seed, t)] = json.loads(cache.read_text())
                     continue
                 policy = load_policy(policy_config(recipe, cache.parent / "model"))
-                resp = [s[0] for s in policy.sample([r["document"] for r in rows], 1,
-                                                    temperature=recipe.eval.temperature,
-                                                    max_new_tokens=recipe.eval.max_new_tokens,
-                                                    batch_size=recipe.online.gen_batch_size, seed=10_000 + seed)]
+                resp = winrate.sample_test(policy, rows, recipe.eval, recipe.online.gen_batch_size, seed)
                 cache.write_text(json.dumps(resp))
                 out[(label, seed, t)] = resp
     return out

@@ -27,6 +27,13 @@ def mean_ci(x) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def sample_test(policy, rows: list[dict], ev, batch_size: int, seed: int) -> list[str]:
+    """One response per test prompt. The sampling seed depends on the eval seed alone, so every policy shares
+    random numbers: a paired comparison in which identical policies give identical samples (ties)."""
+    return [s[0] for s in policy.sample([r["document"] for r in rows], 1, temperature=ev.temperature,
+                                        max_new_tokens=ev.max_new_tokens, batch_size=batch_size, seed=10_000 + seed)]
+
+
 def outcomes(store: LabelStore, judge, rows, a: list[str], b: list[str], seed: int, tag: str = "eval") -> list:
     """Per-prompt outcome of a vs b in [0, 1], or None where the judge failed."""
     if judge.kind == "scalar":

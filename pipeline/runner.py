@@ -236,9 +236,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     for label, path in [("sft", baseline)] + [(f"iter{t}", p) for t, p in iterates]:
         policy = load_policy(policy_config(recipe, path))
         for seed in ev.seeds:
-            samples[(label, seed)] = [s[0] for s in policy.sample(
-                [r["document"] for r in rows], 1, temperature=ev.temperature, max_new_tokens=ev.max_new_tokens,
-                batch_size=recipe.online.gen_batch_size, seed=10_000 + seed)]
+            samples[(label, seed)] = winrate.sample_test(policy, rows, ev, recipe.online.gen_batch_size, seed)
         del policy
     per_seed_rows, summaries = [], []
     for t, _ in iterates:
