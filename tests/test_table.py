@@ -1,0 +1,33 @@
+import csv
+
+from eval.table import make_table, methods, t_interval
+from pipeline.config import load_recipe
+
+
+def test_t_interval():
+    m, lo, hi = t_interval([0.4, 0.5, 0.6])
+    assert m == 0.5 and abs((hi - m) - 4.302653 * 0.1 / 3 ** 0.5) < 1e-6 and abs((m - lo) - (hi - m)) < 1e-12
+
+
+def test_tiny_table_end_to_end(tmp_path):
+    recipe = load_recipe(None, [
+        f"run_dir={tmp_path}", "data.n_examples=80", "data.eval_size=8", "data.test_size=8",
+        "policy.name=shape:t5-tiny", "sft.steps=3", "sft.batch_size=8", "sft.eval_examples=0",
+        "online.sources=[{name: rouge}]", "online.n_pool=3", "online.k=3", "online.replace_num=1",
+        "online.selector.name=ucb", "online.selector.params={block_size: 2}",
+        "online.iterations=2", "online.prompts_per_iteration=6", "online.max_new_tokens=6",
+        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0, 1]", "table.n_prompts=6"])
+    assert [m for m, _ in methods(recipe)] == ["tpo", "no_transfer", "exploit_rouge"]
+    table = make_table(recipe)
+    with open(tmp_path / "table" / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds"]
+    assert [(r["method_b"], r["iteration"]) for r in rows] == [
+        ("no_transfer", "1"), ("no_transfer", "2"), ("exploit_rouge", "1"), ("exploit_rouge", "2")]
+    assert all(0 <= t["mean_win_rate"] <= 1 and t["seeds"] == 2 for t in table)
+    with open(tmp_path / "methods" / "exploit_rouge" / "seed0" / "arms.csv", newline="") as fh:
+        arms = list(csv.DictReader(fh))
+    assert {a["arm"] for a in arms} == {"rouge"} and sum(int(a["prompts"]) for a in arms) == 12
+    with open(tmp_path / "methods" / "tpo" / "seed0" / "arms.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * 3  # 6 prompts in blocks of 2, per iteration
+    assert (tmp_path / "table" / "arms_iter1.png").exists() and (tmp_path / "world_report.md").exists()
