@@ -202,15 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     args, overrides = parser.parse_known_args(argv)
     configure_threads()
+    from pipeline.__main__ import check_names
     from pipeline.data import DataError
     from pipeline.models import ModelError
+    from pipeline.online import OnlineStopped
     from reward_sources import RegistryError
 
     try:
-        make_table(load_recipe(args.recipe, overrides), force=args.force)
+        recipe = load_recipe(args.recipe, overrides)
+        check_names(recipe)
+        make_table(recipe, force=args.force)
     except (ConfigError, DataError, ModelError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OnlineStopped, FloatingPointError) as e:  # finished runs and iterations are kept for a rerun
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,14 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import configure_threads, run as run_recipe
     from reward_sources import RegistryError
 
-    user_errors = (ConfigError, DataError, RegistryError)
-    try:
-        from pipeline.models import ModelError
-
-        user_errors += (ModelError,)
-    except ImportError:
-        pass
+    from pipeline.models import ModelError
     from pipeline.online import OnlineStopped
+
+    user_errors = (ConfigError, DataError, RegistryError, ModelError)
 
     configure_threads()
     try:
@@ -61,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_names(recipe) -> None:
     """Unknown judge / source / selector names fail before any stage runs (not after minutes of SFT)."""
     from pipeline.config import ConfigError
-    from pipeline.transfer import SELECTOR_KEYS
+    from pipeline.transfer import check_selector_name
     from reward_sources.registry import check_name
 
     for where, judge in (("judge", recipe.judge), ("eval.judge", recipe.eval.judge)):
@@ -76,13 +72,10 @@ def check_names(recipe) -> None:
                 check_name("source", spec["name"])
             except ValueError as e:
                 raise ConfigError(f"online.sources[{i}].name: {e}") from None
-    name = recipe.online.selector.name
-    if name not in SELECTOR_KEYS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(SELECTOR_KEYS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"online.selector.name: unknown selector '{name}'; known: {', '.join(SELECTOR_KEYS)}.{hint}")
+    try:
+        check_selector_name(recipe.online.selector.name)
+    except ValueError as e:
+        raise ConfigError(f"online.selector.name: {e}") from None
 
 
 if __name__ == "__main__":

@@ -115,13 +115,17 @@ class UCB(Selector):
 SELECTOR_KEYS = {"none": set(), "fixed": {"arm"}, "ucb": {"c", "block_size", "self_win", "carry"}}
 
 
-def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+def check_selector_name(name: str) -> None:
     if name not in SELECTOR_KEYS:
         import difflib
 
         close = difflib.get_close_matches(name, list(SELECTOR_KEYS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown selector '{name}'; known: {', '.join(SELECTOR_KEYS)}.{hint}")
+
+
+def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+    check_selector_name(name)
     unknown = set(params) - SELECTOR_KEYS[name]
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}")
