@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import world
 from pipeline.config import ConfigError, DataConfig
+from pipeline.durable import atomic_write_text
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "eval", "test")
@@ -149,7 +150,7 @@ def run_data(cfg: DataConfig, out_dir: Path) -> dict:
     splits, report = load_rows(cfg)
     for s in SPLITS:
         write_jsonl(out_dir / f"{s}.jsonl", splits[s])
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     log.info("data: %s", report)
     return report
 

@@ -27,6 +27,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           T5ForConditionalGeneration)
 
 from pipeline.config import ModelConfig
+from pipeline.durable import crash_point
 
 
 class ModelError(ValueError):
@@ -228,6 +229,7 @@ class Policy:
         self.tokenizer.save_pretrained(tmp)
         saved = dataclasses.asdict(self.cfg) | {"name": str(path), "lora": {"enabled": False}}
         (tmp / "policy.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
+        crash_point("checkpoint")
         if path.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
             old = path.with_name(f"{path.name}.old-{os.getpid()}")
             os.replace(path, old)

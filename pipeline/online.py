@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import ModelConfig, OnlineConfig
+from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
@@ -122,6 +124,7 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
             sched.step()
+            crash_point("update")
             history.append({"epoch": epoch, "loss": loss.item(), **stats})
             bar.set_postfix(loss=f"{loss.item():.3f}", margin=f"{stats['margin']:.2f}")
             bar.update()
@@ -153,9 +156,10 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
                             top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
                             seed=cfg.seed * 1000 + t)
     timings["generate_s"] = time.time() - t0
+    crash_point("generate")
 
     cache = ScoreCache(scorers)
-    selector.new_iteration()
+    selector.new_iteration(t)
     block = selector.block_size or len(rows)
     responses, scores, arm_rows = [], [], []
     judge_stats = {"labels": 0, "failed": 0}
@@ -178,6 +182,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
                          "ucb_value": value})
         responses += online
         scores += bscores
+        crash_point("judge")
     timings["transfer_and_label_s"] = time.time() - t1
     failure_rate = judge_stats["failed"] / max(judge_stats["labels"], 1)
     if judge_stats["failed"]:
@@ -248,10 +253,11 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
         res = run_iteration(t, policy, train_rows, judge, store, scorers, selector, cfg, start_cfg, out_dir)
         it_dir.mkdir(parents=True, exist_ok=True)
         policy.save(it_dir / "model")
-        (it_dir / "metrics.json").write_text(json.dumps(res["metrics"], indent=2))
-        (it_dir / "selector.json").write_text(json.dumps(res["selector_state"]))
+        atomic_write_text(it_dir / "metrics.json", json.dumps(res["metrics"], indent=2))
+        atomic_write_text(it_dir / "selector.json", json.dumps(res["selector_state"]))
         _write_arms(it_dir / "arms.csv", res["arms"])
-        (it_dir / "DONE").touch()
+        crash_point("iteration_end")
+        atomic_write_text(it_dir / "DONE", "")
         _write_arms(out_dir.parent / "arms.csv", [r for i in range(1, t + 1) for r in _read_arms(out_dir / f"iter_{i}")])
         results.append(res["metrics"])
         m = res["metrics"]
@@ -266,10 +272,11 @@ _ARM_FIELDS = ["iteration", "block", "arm", "prompts", "wins", "ucb_value"]
 
 def _write_arms(path: Path, rows: list[dict]) -> None:
     """Per-iteration arms.csv files are the truth; the run-level one is rebuilt from them (no duplicates)."""
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=_ARM_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_ARM_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _read_arms(it_dir: Path) -> list[dict]:

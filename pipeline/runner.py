@@ -21,6 +21,7 @@ import yaml
 
 from pipeline import data as data_stage
 from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
+from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore
 
 log = logging.getLogger("pipeline")
@@ -66,7 +67,7 @@ def _done(stage_dir: Path) -> bool:
 
 
 def _mark(stage_dir: Path, info: dict | None = None) -> None:
-    (stage_dir / "DONE").write_text(json.dumps(info or {}, default=str))
+    atomic_write_text(stage_dir / "DONE", json.dumps(info or {}, default=str))
 
 
 def policy_config(recipe: Recipe, name: str | Path | None = None):
@@ -242,6 +243,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     for t, _ in iterates:
         per_seed = {s: winrate.outcomes(store, judge, rows, samples[(f"iter{t}", s)], samples[("sft", s)], s)
                     for s in ev.seeds}
+        crash_point("eval")
         r, summ = winrate.head_to_head(f"{recipe.name}@iter{t}", "sft", t, per_seed)
         per_seed_rows += r
         summaries.append(summ)
@@ -250,7 +252,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     winrate.write_csv(d / "winrates.csv", per_seed_rows)
     winrate.write_csv(d / "summary.csv", summaries, fields=list(summaries[0]))
     table = winrate.markdown(summaries)
-    (d / "winrates.md").write_text(f"Judge: {judge.name}\n\n{table}\n")
+    atomic_write_text(d / "winrates.md", f"Judge: {judge.name}\n\n{table}\n")
     winrate.plot(summaries, d / "winrates.png", f"{recipe.name}: iterate vs SFT ({judge.name})")
     print(f"\nWin rates under {judge.name} ({len(rows)} test prompts, seeds {ev.seeds}):\n{table}", flush=True)
     _mark(d, {"iterations": recipe.online.iterations})

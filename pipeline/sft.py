@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import SFTConfig
+from pipeline.durable import atomic_write_text
 from pipeline.models import Policy
 
 def rouge_lsum(preds: list[str], refs: list[str]) -> list[float]:
@@ -100,5 +101,5 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
         "n_params": policy.n_params,
         "n_trainable": policy.n_trainable,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return metrics

@@ -68,7 +68,7 @@ class Selector:
         self.n = {a: 0 for a in arms + [SELF]}
         self.wins = {a: 0.0 for a in arms + [SELF]}
 
-    def new_iteration(self) -> None:
+    def new_iteration(self, t: int) -> None:
         pass
 
     def choose(self) -> tuple[str, float]:
@@ -92,9 +92,12 @@ class UCB(Selector):
     def __init__(self, arms, c: float = 1.0, block_size: int = 200, self_win: float = 0.55, carry: bool = False,
                  seed: int = 0):
         super().__init__(arms, SELF, self_win, block_size)
-        self.c, self.carry, self.rng = c, carry, random.Random(seed)
+        self.c, self.carry, self.seed, self.rng = c, carry, seed, random.Random(seed)
 
-    def new_iteration(self) -> None:
+    def new_iteration(self, t: int) -> None:
+        # Reseeded per iteration (not carried) so a run resumed at iteration t breaks ties exactly as an
+        # uninterrupted one does.
+        self.rng = random.Random(f"{self.seed}-{t}")
         if not self.carry:  # the paper resets the statistics every iteration
             self.n = {a: 0 for a in self.n}
             self.wins = {a: 0.0 for a in self.wins}

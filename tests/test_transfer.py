@@ -40,11 +40,11 @@ def test_ucb_value_arithmetic_and_reset():
     ucb.update(SELF, [0.55] * 16)
     assert ucb.value(SELF) == pytest.approx(0.55 + 0.25)
     assert ucb.choose() == ("rouge", pytest.approx(1.25))
-    ucb.new_iteration()
+    ucb.new_iteration(2)
     assert ucb.n == {"rouge": 0, "big": 0, SELF: 0}
     carry = UCB(["a"], carry=True)
     carry.update("a", [1])
-    carry.new_iteration()
+    carry.new_iteration(2)
     assert carry.n["a"] == 1
 
 
