@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import sqlite3
 import sys
 
 
@@ -51,14 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except (OSError, sqlite3.OperationalError) as e:  # a full disk, a read-only or vanished run directory
+        print(f"error: {io_error_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def io_error_line(e: Exception) -> str:
+    """One line for a failed read or write. Checkpoints and stage outputs are written atomically and labels are
+    committed one block at a time, so what finished is kept and a rerun resumes. The traceback goes to run.log
+    (not for a full disk, where writing the log would fail as well)."""
+    full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "disk is full" in str(e)
+    if not full:
+        logging.getLogger("pipeline").info("stopped by %s", type(e).__name__, exc_info=True)
+    if isinstance(e, OSError):
+        what = "no space left on device" if full else (e.strerror or str(e) or type(e).__name__)
+        where = f" writing '{e.filename}'" if full and e.filename else f" ('{e.filename}')" if e.filename else ""
+        msg = f"{what}{where}"
+    else:
+        msg = f"label store (labels.sqlite): {e}"
+    msg = " ".join(msg.split())  # one line
+    hint = "free some space" if full else "fix the cause"
+    return f"{msg}; finished stages, checkpoints and labels are kept: {hint} and rerun the same command to resume"
 
 
 def check_names(recipe) -> None:
     """Unknown judge / source / selector names fail before any stage runs (not after minutes of SFT)."""
     from pipeline.config import ConfigError
     from pipeline.transfer import check_selector_name
-    from reward_sources.registry import check_name
+    from reward_sources.registry import check_name, check_no_secrets
 
     for where, judge in (("judge", recipe.judge), ("eval.judge", recipe.eval.judge)):
         if judge is not None:
@@ -66,12 +90,20 @@ def check_names(recipe) -> None:
                 check_name("judge", judge.name)
             except ValueError as e:
                 raise ConfigError(f"{where}.name: {e}") from None
+            try:  # before config.yaml is written: a key in the recipe must not be copied into the run directory
+                check_no_secrets(f"{where}.params", judge.params)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     for i, spec in enumerate(recipe.online.sources):
         if isinstance(spec, dict) and "name" in spec:
             try:
                 check_name("source", spec["name"])
             except ValueError as e:
                 raise ConfigError(f"online.sources[{i}].name: {e}") from None
+            try:
+                check_no_secrets(f"online.sources[{i}]", spec)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     try:
         check_selector_name(recipe.online.selector.name)
     except ValueError as e:

@@ -7,6 +7,7 @@ test can name. tests/test_kill.py reruns the same command afterwards and compare
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary name in the same directory, fsync, then rename: readers (and a resumed run) see
     the old file or the new one, never half of one; a full disk leaves the old file intact."""
     path = Path(path)
+    clear_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -39,3 +41,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clear_stale(path: str | Path) -> None:
+    """Remove what a process killed while writing `path` left next to it: `.NAME.tmp-PID` (atomic_write_text),
+    `NAME.tmp-PID` and `NAME.old-PID` (Policy.save), for PIDs that are no longer running or are this process.
+    An `.old` directory with `path` missing is the previous checkpoint of a save killed between its two
+    renames: it is put back."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.iterdir():
+        for prefix, kind in ((f".{path.name}.tmp-", "tmp"), (f"{path.name}.tmp-", "tmp"), (f"{path.name}.old-", "old")):
+            pid = p.name[len(prefix):] if p.name.startswith(prefix) else ""
+            if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+                if kind == "old" and not path.exists():
+                    os.replace(p, path)
+                elif p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                break

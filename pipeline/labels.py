@@ -35,6 +35,8 @@ def _key(*parts) -> str:
 
 
 class LabelStore:
+    chunk = 256  # queries per judge call and commit
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,18 +66,19 @@ class LabelStore:
         for i in todo:
             first.setdefault(keys[i], i)
         ask_idx = list(first.values())
-        if ask_idx:
-            answers, raws = self._ask(judge, ask, [rows[i] for i in ask_idx], [a[i] for i in ask_idx],
-                                      [b[i] for i in ask_idx])
+        # Asked and committed in chunks: a process killed while the judge works loses one chunk of answers at most.
+        for s in range(0, len(ask_idx), self.chunk):
+            part = ask_idx[s : s + self.chunk]
+            answers, raws = self._ask(judge, ask, [rows[i] for i in part], [a[i] for i in part], [b[i] for i in part])
             now = time.time()
             with self.db:  # REPLACE: a failure stored by an earlier run is overwritten by the new answer
                 self.db.executemany(
                     "INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [(keys[i], str(iteration), str(rows[i]["id"]), judge.name, kind, a[i], b[i],
                       ans, None if raw is None else json.dumps(raw), now)
-                     for i, ans, raw in zip(ask_idx, answers, raws)])
-            found.update({keys[i]: ans for i, ans in zip(ask_idx, answers)})
-            self.asked += len(ask_idx)
+                     for i, ans, raw in zip(part, answers, raws)])
+            found.update({keys[i]: ans for i, ans in zip(part, answers)})
+            self.asked += len(part)
         self.reused += len(keys) - len(ask_idx)
         return [found[k] for k in keys]
 

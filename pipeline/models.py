@@ -27,7 +27,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           T5ForConditionalGeneration)
 
 from pipeline.config import ModelConfig
-from pipeline.durable import crash_point
+from pipeline.durable import clear_stale, crash_point
 
 
 class ModelError(ValueError):
@@ -217,26 +217,38 @@ class Policy:
 
         LoRA models are saved merged (merge_and_unload on a copy): the directory is then an ordinary model that
         any later stage loads with no adapter bookkeeping or base-model reference; training goes on unaffected.
+
+        A failed write (a full disk: OSError ENOSPC) removes the temporary directory and leaves the previous
+        checkpoint at `path` as it was; temporaries left by a killed process are cleared by the next save.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale(path)  # temporaries of a save killed earlier
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model = self.model
         if hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        saved = dataclasses.asdict(self.cfg) | {"name": str(path), "lora": {"enabled": False}}
-        (tmp / "policy.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
-        crash_point("checkpoint")
-        if path.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
-            old = path.with_name(f"{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        try:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            saved = dataclasses.asdict(self.cfg) | {"name": str(path), "lora": {"enabled": False}}
+            (tmp / "policy.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
+            crash_point("checkpoint")
+            if path.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
+                old = path.with_name(f"{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)  # put the previous checkpoint back
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return path
 
 
@@ -265,7 +277,13 @@ def train_world_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size:
     tok.train_from_iterator(texts, trainer=trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                       clean_up_tokenization_spaces=False)
-    wrapped.save_pretrained(out_dir)
+    # Temp dir + rename: a run killed mid-write must not leave a tokenizer.json that a resume would trust.
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    wrapped.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
     return wrapped
 
 

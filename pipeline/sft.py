@@ -65,7 +65,7 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     losses: list[float] = []
     start = time.time()
     policy.train()
-    with open(out_dir / "log.jsonl", "a", encoding="utf-8") as log, \
+    with open(out_dir / "log.jsonl", "w", encoding="utf-8") as log, \
             tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True) as bar:
         for step in bar:
             batch = next(batches)

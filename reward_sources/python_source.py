@@ -1,4 +1,4 @@
-"""A user's own source reward, given by import path: `function: "package.module:callable"`.
+"""A user's own source reward (or judge, `build_judge`), given by import path: `function: "package.module:callable"`.
 
 The callable has the source signature `f(documents, responses, references, **kwargs) -> list[float]`;
 `kwargs` from the spec are passed through. Its output is checked (length, finite numbers) because a
@@ -57,3 +57,21 @@ def build(spec: dict, ctx=None):
 
     score.__name__ = path
     return score
+
+
+def build_judge(params: dict, ctx=None):
+    """A user's own judge: `function: package.module:factory` called with `kwargs`; the factory returns an object
+    with `name`, `kind` and `score(rows, responses, seed)` (scalar) or `compare(rows, a, b, seed)` (pairwise),
+    the contract of reward_sources/registry.py. Its answers go through the label store like any judge's."""
+    check_spec(params, {"function", "kwargs"}, "python judge")
+    if "function" not in params:
+        raise ValueError("python judge: the params need 'function: package.module:factory'")
+    kwargs = params.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"python judge: kwargs must be a mapping, got {type(kwargs).__name__}")
+    judge = resolve(params["function"], "python judge")(**kwargs)
+    method = {"scalar": "score", "pairwise": "compare"}.get(getattr(judge, "kind", None))
+    if method is None or not callable(getattr(judge, method, None)) or not isinstance(getattr(judge, "name", None), str):
+        raise ValueError(f"python judge: '{params['function']}' must return an object with a str `name` and `kind` "
+                         "'scalar' (with score(rows, responses, seed)) or 'pairwise' (with compare(rows, a, b, seed))")
+    return judge

@@ -9,11 +9,14 @@ Contracts
   `score(rows, responses, seed) -> list[float]` (kind "scalar") or
   `compare(rows, a, b, seed) -> list[float | None]` (kind "pairwise": 1 = a better, 0 = b, 0.5 = tie,
   None = failure).
+- no secrets in options: a literal api_key / token / password is refused (check_no_secrets); options ending in
+  `_env` name the environment variable that holds one.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,15 @@ JUDGES = {
     "oracle": "reward_sources.oracle:build_judge",
     "reward_model": "reward_sources.reward_model:build_judge",
     "pairwise_llm": "reward_sources.pairwise_llm:build_judge",
+    "pairwise_http": "reward_sources.http_judge:build_judge",
+    "python": "reward_sources.python_source:build_judge",
 }
+# Recipes are saved into the run directory (config.yaml): secrets never go in them, only the NAME of an
+# environment variable that holds one (an option ending in `_env`, e.g. pairwise_http's api_key_env).
+SECRET_OPTIONS = {"api_key", "apikey", "access_token", "auth_token", "token", "password", "secret", "authorization",
+                  "bearer", "headers"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]*@", re.IGNORECASE)
 
 
 class RegistryError(ValueError):
@@ -55,6 +66,30 @@ def check_name(kind: str, name) -> None:
         raise RegistryError(f"unknown {kind} '{name}'; known: {', '.join(sorted(table))}.{hint}")
 
 
+def check_no_secrets(where: str, params) -> None:
+    """A literal key, token or password (or a URL with credentials) in a source's or judge's options is refused
+    with one line that does not repeat the value."""
+    if isinstance(params, list):
+        for i, v in enumerate(params):
+            check_no_secrets(f"{where}[{i}]", v)
+    if not isinstance(params, dict):
+        return
+    for key, value in params.items():
+        low = str(key).lower()
+        if low in SECRET_OPTIONS:
+            hint = ("set api_key_env to the variable's name" if "key" in low or low in ("authorization", "bearer", "headers")
+                    else "pass the variable's name instead (an option ending in _env)")
+            raise RegistryError(f"{where}.{key}: a literal secret in a recipe is refused (recipes are saved to the run "
+                                f"directory as config.yaml); put it in an environment variable and {hint}")
+        if low.endswith("_env") and not (isinstance(value, str) and _ENV_NAME.match(value)):
+            raise RegistryError(f"{where}.{key} must be the NAME of an environment variable (letters, digits, _), "
+                                "not the secret itself")
+        if isinstance(value, str) and _URL_CREDENTIALS.match(value.strip()):
+            raise RegistryError(f"{where}.{key}: a URL with credentials (user:password@) is refused (recipes are saved "
+                                "to the run directory); put the key in an environment variable (api_key_env)")
+        check_no_secrets(f"{where}.{key}", value)
+
+
 def _lookup(table: dict, kind: str, name: str):
     check_name("source" if table is SOURCES else "judge", name)
     module, attr = table[name].split(":")
@@ -64,8 +99,10 @@ def _lookup(table: dict, kind: str, name: str):
 def build_source(spec: dict, ctx: Context | None = None):
     if not isinstance(spec, dict) or "name" not in spec:
         raise RegistryError(f"a source must be a mapping with a 'name', got {spec!r}")
+    check_no_secrets(spec["name"], spec)
     return _lookup(SOURCES, "source", spec["name"])(dict(spec), ctx or Context())
 
 
 def build_judge(name: str, params: dict, ctx: Context | None = None):
+    check_no_secrets(name, params)
     return _lookup(JUDGES, "judge", name)(dict(params), ctx or Context())

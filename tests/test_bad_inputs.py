@@ -113,10 +113,10 @@ def test_wrong_types(recipe_file, capsys, override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("judge.name=oracel", "judge.name: unknown judge 'oracel'; known: oracle, pairwise_llm, reward_model. "
-                          "Did you mean 'oracle'?"),
-    ("eval.judge={name: rewardmodel}", "eval.judge.name: unknown judge 'rewardmodel'; known: oracle, pairwise_llm, "
-                                       "reward_model. Did you mean 'reward_model'?"),
+    ("judge.name=oracel", "judge.name: unknown judge 'oracel'; known: oracle, pairwise_http, pairwise_llm, python, "
+                          "reward_model. Did you mean 'oracle'?"),
+    ("eval.judge={name: rewardmodel}", "eval.judge.name: unknown judge 'rewardmodel'; known: oracle, pairwise_http, "
+                                       "pairwise_llm, python, reward_model. Did you mean 'reward_model'?"),
     ("online.sources=[{name: rogue}]", "online.sources[0].name: unknown source 'rogue'; known: bertscore, loglik, "
                                        "python, reward_model, rouge. Did you mean 'rouge'?"),
     ("online.selector.name=ucbb", "online.selector.name: unknown selector 'ucbb'; known: none, fixed, ucb. "
