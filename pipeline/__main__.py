@@ -81,7 +81,7 @@ def io_error_line(e: Exception) -> str:
 def check_names(recipe) -> None:
     """Unknown judge / source / selector names fail before any stage runs (not after minutes of SFT)."""
     from pipeline.config import ConfigError
-    from pipeline.transfer import check_selector_name
+    from pipeline.transfer import check_selector, check_selector_name
     from reward_sources.registry import check_name, check_no_secrets
 
     for where, judge in (("judge", recipe.judge), ("eval.judge", recipe.eval.judge)):
@@ -108,6 +108,10 @@ def check_names(recipe) -> None:
         check_selector_name(recipe.online.selector.name)
     except ValueError as e:
         raise ConfigError(f"online.selector.name: {e}") from None
+    try:  # options too: an unknown one would otherwise surface only when the online stage starts, after SFT
+        check_selector(recipe.online.selector.name, recipe.online.selector.params)
+    except ValueError as e:
+        raise ConfigError(f"online.selector.params: {e}") from None
 
 
 if __name__ == "__main__":

@@ -99,8 +99,10 @@ class JudgeConfig:
 
 @dataclass
 class SelectorConfig:
-    name: str = f("none", "which source to transfer from: none | fixed | ucb")
-    params: dict = f({}, "selector options (ucb: c, block_size, self_win, carry; fixed: arm)")
+    name: str = f("none", "which source to transfer from, or which labels to ask: none | fixed | ucb | relevance | "
+                          "dual_active | lowrank | shared (ALGORITHMS.md §2-5; pipeline/selection/adapters.py)")
+    params: dict = f({}, "selector options (ucb: c, block_size, self_win, carry; fixed: arm; the stages' options "
+                         "are listed in pipeline/transfer.py SELECTOR_KEYS and documented in pipeline/selection/adapters.py)")
 
 
 @dataclass
@@ -153,6 +155,8 @@ class TableConfig:
     methods: list[dict] = f([], "rows of the table as {label, selector: {name, params}}; empty = TPO (ucb), "
                                "no transfer, and pure exploit of every source")
     n_prompts: int = f(200, "held-out test prompts per head-to-head comparison")
+    versus: str = f("", "'' = the first method against each of the others; a method's label = every other method "
+                        "against that one (e.g. no_transfer)")
 
 
 @dataclass
@@ -314,7 +318,9 @@ def to_dict(recipe: Recipe) -> dict:
 
 def save_resolved(recipe: Recipe, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+    from pipeline.durable import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
 def describe(cls=Recipe, prefix: str = "") -> list[str]:

@@ -4,6 +4,8 @@ Per iteration: a fresh seeded draw of prompts; K + N samples per prompt from the
 of prompts the selector picks an arm, Best-of-N transfer replaces online responses, the judge labels all K
 (through the label store), and the arm's wins update the selector; pairs = judge's best vs worst (ties
 dropped); reference log-probs computed once, before the update; DPO / IPO / XPO epochs; checkpoint.
+A selection stage (pipeline/selection/adapters.py) may label a block its own way (which pairs, which teacher or
+annotator) and return its own per-response scores (LCB / PRS / proxy); pairs are then its best vs worst.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pipeline.labels import LabelStore
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
 from pipeline.sft import lr_lambda
+from pipeline.selection.loop import LabelContext
 from pipeline.transfer import SELF, ScoreCache, build_selector, transfer
 
 log = logging.getLogger(__name__)
@@ -151,7 +154,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     timings, t0 = {}, time.time()
     rng = random.Random(f"{cfg.seed}-{t}")
     rows = rng.sample(train_rows, min(cfg.prompts_per_iteration, len(train_rows)))
-    n_pool = cfg.n_pool if scorers and selector.arms else 0
+    n_pool = cfg.n_pool if scorers and selector.uses_pool else 0
     samples = policy.sample([r["document"] for r in rows], cfg.k + n_pool, temperature=cfg.temperature,
                             top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
                             seed=cfg.seed * 1000 + t)
@@ -162,16 +165,18 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     selector.new_iteration(t)
     block = selector.block_size or len(rows)
     responses, scores, arm_rows = [], [], []
-    judge_stats = {"labels": 0, "failed": 0}
+    judge_stats = {"labels": 0, "failed": 0}  # selectors that pay per teacher add "cost"
     t1 = time.time()
     for b, start in enumerate(tqdm(range(0, len(rows), block), desc=f"iter {t} label", leave=False)):
         brows, bsamples = rows[start : start + block], samples[start : start + block]
         arm, value = selector.choose()
         online = [s[: cfg.k] for s in bsamples]
+        pool = [s[cfg.k :] for s in bsamples]
         if arm != SELF:
-            pool = [s[cfg.k :] for s in bsamples]
-            online = transfer(online, pool, cache.scores(arm, brows, pool), cfg.replace_num, rng)
-        bscores = label_responses(store, judge, brows, online, t, cfg.seed, judge_stats)
+            online = transfer(online, pool, selector.pool_scores(arm, cache, brows, pool), cfg.replace_num, rng)
+        ctx = LabelContext(rows=brows, online=online, pool=pool, cache=cache, store=store, judge=judge, iteration=t,
+                           seed=cfg.seed, k=cfg.k, judge_stats=judge_stats, rng=rng)
+        bscores = selector.label(ctx)
         if arm == SELF:
             wins = [selector.self_win] * len(brows)
         else:
@@ -211,10 +216,13 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     utilities = judge.utility(rows, [ys[-1] for ys in responses]) if hasattr(judge, "utility") else []
     metrics = {"iteration": t, "prompts": len(rows), "pairs": len(pairs), "tied_prompts_dropped": dropped,
                "labels_spent_total": store.count(), "labels_asked_this_process": store.asked,
+               "labels_this_iteration": judge_stats["labels"],
+               "label_cost_this_iteration": judge_stats.get("cost", judge_stats["labels"]),
+               "generated_responses": len(rows) * (cfg.k + n_pool),
                "judge_failures": judge_stats["failed"],
                "mean_judge_score": _mean([s for ss in scores for s in ss if s is not None]),
                "mean_true_utility": _mean(utilities), **upd, **timings,
-               "arms": {a: n for a, n in selector.n.items() if n}}
+               "arms": {a: n for a, n in selector.n.items() if n}, "selector": selector.info()}
     return {"metrics": metrics, "arms": arm_rows, "selector_state": selector.state()}
 
 
@@ -258,12 +266,14 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
         _write_arms(it_dir / "arms.csv", res["arms"])
         crash_point("iteration_end")
         atomic_write_text(it_dir / "DONE", "")
-        _write_arms(out_dir.parent / "arms.csv", [r for i in range(1, t + 1) for r in _read_arms(out_dir / f"iter_{i}")])
         results.append(res["metrics"])
         m = res["metrics"]
         print(f"iteration {t}: pairs {m['pairs']}, labels {m['labels_spent_total']}, "
               f"mean judge score {m['mean_judge_score']:.3f}, loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
               f"gen {m['generate_s']:.0f}s update {m['update_s']:.0f}s", flush=True)
+    # After the loop, so a run killed between an iteration's DONE and this line still gets it on resume.
+    _write_arms(out_dir.parent / "arms.csv", [r for t in range(1, cfg.iterations + 1)
+                                              for r in _read_arms(out_dir / f"iter_{t}")])
     return results
 
 

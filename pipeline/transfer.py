@@ -4,6 +4,9 @@ A source's transfer policy is Best-of-N over the current policy's pool ranked by
 `replace_num` responses replace online responses 0..replace_num-1 of the prompt. The win signal of a source
 arm on a prompt is 1 when the judge's best of the K responses is a transferred one; the self arm's win is a
 constant (the bar a source must clear). Selectors pick the arm per block of prompts.
+
+A selector may also take over how a block is labelled (`label`) and how a pool is ranked for an arm of its
+own (`pool_scores`): the four selection stages of ALGORITHMS.md §2–5 (pipeline/selection/adapters.py) do so.
 """
 from __future__ import annotations
 
@@ -59,7 +62,11 @@ def transfer(online: list[list[str]], pool: list[list[str]], pool_scores: list[l
 
 
 class Selector:
-    """Fixed arm (pure exploit) or no transfer (the self arm). UCB below overrides choose/update."""
+    """Fixed arm (pure exploit) or no transfer (the self arm). UCB below overrides choose/update.
+
+    The loop (online.run_iteration) calls, per block: choose() -> arm; pool_scores(arm, ...) when the arm is
+    not the self arm; label(ctx) -> one judge-side score per online response (chosen = highest, rejected =
+    lowest); update(arm, wins). state() is JSON and load_state(state()) restores it exactly."""
 
     def __init__(self, arms: list[str], arm: str = SELF, self_win: float = 0.55, block_size: int = 0):
         if arm not in arms + [SELF]:
@@ -68,11 +75,31 @@ class Selector:
         self.n = {a: 0 for a in arms + [SELF]}
         self.wins = {a: 0.0 for a in arms + [SELF]}
 
+    @property
+    def uses_pool(self) -> bool:
+        """Whether the loop must draw the Best-of-N pool (online.n_pool samples per prompt)."""
+        return bool(self.arms)
+
     def new_iteration(self, t: int) -> None:
         pass
 
     def choose(self) -> tuple[str, float]:
         return self.arm, float("nan")
+
+    def pool_scores(self, arm: str, cache: "ScoreCache", rows: list[dict], pool: list[list[str]]) -> list[list[float]]:
+        """Scores that rank each prompt's pool for `arm` (a source's own scores by default)."""
+        return cache.scores(arm, rows, pool)
+
+    def label(self, ctx) -> list[list[float | None]]:
+        """Per-response scores of a block (ctx: pipeline.selection.loop.LabelContext). Default: the judge
+        scores all K online responses, through the label store (ALGORITHMS.md §1 step 4)."""
+        from pipeline.online import label_responses
+
+        return label_responses(ctx.store, ctx.judge, ctx.rows, ctx.online, ctx.iteration, ctx.seed, ctx.judge_stats)
+
+    def info(self) -> dict:
+        """This iteration's diagnostics, written into metrics.json under "selector"."""
+        return {}
 
     def update(self, arm: str, wins: list[float]) -> None:
         self.n[arm] += len(wins)
@@ -115,7 +142,16 @@ class UCB(Selector):
         return arm, best
 
 
-SELECTOR_KEYS = {"none": set(), "fixed": {"arm"}, "ucb": {"c", "block_size", "self_win", "carry"}}
+# Every selector and its options (defaults and meaning: the classes here and in pipeline/selection/adapters.py).
+SELECTOR_KEYS = {
+    "none": set(), "fixed": {"arm"}, "ucb": {"c", "block_size", "self_win", "carry"},
+    "relevance": {"block_size", "pilot_blocks", "rank", "dim", "features", "floor", "source_budget", "repilot",
+                  "bandit", "c", "self_win", "lam_scale", "max_pairs", "encoder"},
+    "dual_active": {"teachers", "persona", "budget", "batch", "warmup", "features", "dim", "gamma", "lam", "arm",
+                    "encoder"},
+    "lowrank": {"population", "target", "teacher", "rank", "budget", "features", "dim", "gamma", "arm", "encoder"},
+    "shared": {"dim", "hidden", "rep_dim", "steps", "batch_size", "lr", "adapter", "folds", "arm", "encoder"},
+}
 
 
 def check_selector_name(name: str) -> None:
@@ -127,15 +163,30 @@ def check_selector_name(name: str) -> None:
         raise ValueError(f"unknown selector '{name}'; known: {', '.join(SELECTOR_KEYS)}.{hint}")
 
 
-def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+def check_selector(name: str, params: dict) -> None:
+    """Unknown selector names and options fail in one line, with a did-you-mean (no heavy imports)."""
     check_selector_name(name)
-    unknown = set(params) - SELECTOR_KEYS[name]
+    if not isinstance(params, dict):
+        raise ValueError(f"selector '{name}': params must be a mapping, got {type(params).__name__}")
+    unknown = sorted(set(params) - SELECTOR_KEYS[name])
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}")
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), sorted(SELECTOR_KEYS[name]), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown option(s) {unknown} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}{hint}")
+
+
+def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+    check_selector(name, params)
     if name == "none":
         return Selector(arms)
     if not arms:
         raise ValueError(f"selector '{name}' needs at least one entry in online.sources")
     if name == "fixed":
         return Selector(arms, params.get("arm", arms[0]))
-    return UCB(arms, seed=seed, **params)
+    if name == "ucb":
+        return UCB(arms, seed=seed, **params)
+    from pipeline.selection.loop import build_loop_selector
+
+    return build_loop_selector(name, params, arms, seed)

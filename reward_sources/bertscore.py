@@ -56,9 +56,15 @@ def build(spec: dict, ctx=None):
             return []
         if any(r is None for r in references):
             raise ValueError("bertscore: a reference summary is missing (None); BERTScore needs references")
-        # bert-score warns and gives 0 for an empty candidate, which is the right reward for saying nothing.
-        _, _, f1 = scorer.score([r or "" for r in responses], list(references), batch_size=batch_size)
-        return [float(x) for x in f1.tolist()]
+        # An empty candidate scores 0, the right reward for saying nothing. It is not sent to bert-score, whose
+        # empty-string path calls a tokenizer method that transformers 5 removed (AttributeError).
+        idx = [i for i, r in enumerate(responses) if r and r.strip()]
+        out = [0.0] * len(responses)
+        if idx:
+            _, _, f1 = scorer.score([responses[i] for i in idx], [references[i] for i in idx], batch_size=batch_size)
+            for i, x in zip(idx, f1.tolist()):
+                out[i] = float(x)
+        return out
 
     score.__name__ = "bertscore"
     return score

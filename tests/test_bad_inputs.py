@@ -119,8 +119,11 @@ def test_wrong_types(recipe_file, capsys, override, message):
                                        "pairwise_llm, python, reward_model. Did you mean 'reward_model'?"),
     ("online.sources=[{name: rogue}]", "online.sources[0].name: unknown source 'rogue'; known: bertscore, loglik, "
                                        "python, reward_model, rouge. Did you mean 'rouge'?"),
-    ("online.selector.name=ucbb", "online.selector.name: unknown selector 'ucbb'; known: none, fixed, ucb. "
-                                  "Did you mean 'ucb'?"),
+    ("online.selector.name=ucbb", "online.selector.name: unknown selector 'ucbb'; known: none, fixed, ucb, "
+                                  "relevance, dual_active, lowrank, shared. Did you mean 'ucb'?"),
+    ("online.selector={name: ucb, params: {blok_size: 4}}",
+     "online.selector.params: unknown option(s) ['blok_size'] for selector 'ucb'; valid: ['block_size', 'c', 'carry', "
+     "'self_win']; did you mean 'block_size'?"),
 ])
 def test_unknown_names_fail_before_any_stage_runs(recipe_file, tmp_path, capsys, override, message):
     assert cli(capsys, "run", str(recipe_file), override) == (2, f"error: {message}")

@@ -80,6 +80,8 @@ def test_pipeline_end_to_end_and_resume_reuses_labels(tmp_path):
     store = LabelStore(tmp_path / "labels.sqlite")
     n_labels, spent = store.count(), store.spent()
     assert spent["1"] == spent["2"] == 6 * 3  # prompts x K per iteration
+    assert m1["labels_this_iteration"] == m1["label_cost_this_iteration"] == 6 * 3
+    assert m1["generated_responses"] == 6 * 3 and m1["selector"] == {}  # no pool without sources
     assert 0 < spent["eval"] <= 2 * 6 * 3  # seeds x prompts x 3 policies, identical responses asked once
     header = (tmp_path / "eval" / "winrates.csv").read_text().splitlines()[0]
     assert header == "policy_a,policy_b,iteration,seed,n_prompts,win_rate,ci_low,ci_high"

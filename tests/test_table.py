@@ -1,7 +1,9 @@
 import csv
 
-from eval.table import make_table, methods, t_interval
-from pipeline.config import load_recipe
+import pytest
+
+from eval.table import make_table, methods, pairings, t_interval
+from pipeline.config import ConfigError, load_recipe
 
 
 def test_t_interval():
@@ -21,7 +23,9 @@ def test_tiny_table_end_to_end(tmp_path):
     table = make_table(recipe)
     with open(tmp_path / "table" / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds"]
+    assert list(rows[0]) == ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds",
+                             "ci_over", "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
+    assert {r["ci_over"] for r in rows} == {"seeds"} and {r["labels_a"] for r in rows} == {"18.0"}
     assert [(r["method_b"], r["iteration"]) for r in rows] == [
         ("no_transfer", "1"), ("no_transfer", "2"), ("exploit_rouge", "1"), ("exploit_rouge", "2")]
     assert all(0 <= t["mean_win_rate"] <= 1 and t["seeds"] == 2 for t in table)
@@ -31,3 +35,38 @@ def test_tiny_table_end_to_end(tmp_path):
     with open(tmp_path / "methods" / "tpo" / "seed0" / "arms.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 3  # 6 prompts in blocks of 2, per iteration
     assert (tmp_path / "table" / "arms_iter1.png").exists() and (tmp_path / "world_report.md").exists()
+
+
+TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",
+        "sft.batch_size=8", "sft.eval_examples=0", "online.sources=[{name: rouge}]", "online.n_pool=3", "online.k=3",
+        "online.replace_num=1", "online.iterations=1", "online.prompts_per_iteration=6", "online.max_new_tokens=6",
+        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0]", "table.n_prompts=6"]
+STAGES = ("table.methods=[{label: no_transfer, selector: {name: none}}, "
+          "{label: dual, selector: {name: dual_active, params: {dim: 4, batch: 4}}}, "
+          "{label: proxy, selector: {name: shared, params: {dim: 4, steps: 30}}}]")
+
+
+def test_selection_stages_as_table_rows_versus_no_transfer(tmp_path):
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=no_transfer"])
+    assert pairings(recipe) == [("dual", "no_transfer"), ("proxy", "no_transfer")]
+    table = make_table(recipe)
+    assert [(r["method_a"], r["method_b"], r["iteration"]) for r in table] == [
+        ("dual", "no_transfer", 1), ("proxy", "no_transfer", 1)]
+    for r in table:  # one seed: the interval is over test prompts; labels spent are stated per method
+        assert r["ci_over"] == "prompts" and r["ci_low"] <= r["mean_win_rate"] <= r["ci_high"]
+        assert r["labels_b"] == 6 * 3 and r["label_cost_a"] <= 6 * 3
+    assert table[1]["labels_a"] == 6 * 3  # the proxy's judge labels: the K online responses, as no transfer
+    md = (tmp_path / "table" / "table.md").read_text()
+    assert "| dual | no_transfer |" in md and "generation s per 10k responses" in md and "over test prompts" in md
+    assert (tmp_path / "table" / "arms_dual_iter1.png").exists()
+
+
+def test_table_method_errors_fail_before_any_stage(tmp_path):
+    bad_name = STAGES.replace("name: shared", "name: sharde")
+    with pytest.raises(ConfigError, match=r"table.methods\[2\] \(proxy\): unknown selector 'sharde'.*Did you mean 'shared'"):
+        methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, bad_name]))
+    with pytest.raises(ConfigError, match="unknown option.*'steps'"):
+        methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES.replace("steps: 30", "stepz: 30")]))
+    with pytest.raises(ConfigError, match="table.versus 'baseline' is not a method"):
+        make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=baseline"]))
+    assert not (tmp_path / "data").exists()

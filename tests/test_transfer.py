@@ -83,3 +83,33 @@ def test_selector_registry_errors():
     with pytest.raises(ValueError, match="appear twice"):
         arm_names([{"name": "loglik"}, {"name": "loglik"}])
     assert arm_names([{"name": "loglik", "label": "big"}, {"name": "loglik"}]) == ["big", "loglik"]
+
+
+@pytest.mark.parametrize("name", ["relevance", "dual_active", "lowrank", "shared"])
+def test_selection_stages_are_selectors(name):
+    sel = build_selector(name, {}, ["rouge", "bertscore"], 0)
+    assert sel.uses_pool == (name == "relevance")  # the others label the K online responses, no Best-of-N
+    assert sel.block_size == (16 if name == "relevance" else 0)
+    sel.new_iteration(1)
+    assert sel.choose()[0] == SELF  # relevance: its pilot block; the others: no transfer arm by default
+    assert build_selector(name, {"arm": "rouge"} if name != "relevance" else {}, ["rouge"], 0).uses_pool
+
+
+def test_selection_stage_option_errors():
+    with pytest.raises(ValueError, match="unknown selector 'dual_activ'.*Did you mean 'dual_active'"):
+        build_selector("dual_activ", {}, ["rouge"], 0)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['budgt'\] for selector 'lowrank'.*did you mean 'budget'"):
+        build_selector("lowrank", {"budgt": 4}, ["rouge"], 0)
+    bad = [("lowrank", {"population": {"grumpy": 1}}, "unknown persona"),
+           ("lowrank", {"target": {"default": -1}}, "weights must be >= 0"),
+           ("dual_active", {"teachers": ["guru"]}, "unknown teacher 'guru'"),
+           ("dual_active", {"teachers": [{"name": "oracle", "cost": 0}]}, "cost must be > 0"),
+           ("dual_active", {"budget": -1}, "budget must be >= 0"),
+           ("relevance", {"source_budget": 0}, "source_budget must be in"),
+           ("relevance", {"floor": 0.6}, "exceeds the whole budget"),
+           ("shared", {"adapter": "deep"}, "adapter must be"),
+           ("dual_active", {"features": "pixels"}, "features must be one of"),
+           ("dual_active", {"arm": "bleu"}, "is not a source")]
+    for name, params, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            build_selector(name, params, ["rouge", "bertscore"], 0)
