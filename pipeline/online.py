@@ -222,8 +222,16 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
                "judge_failures": judge_stats["failed"],
                "mean_judge_score": _mean([s for ss in scores for s in ss if s is not None]),
                "mean_true_utility": _mean(utilities), **upd, **timings,
-               "arms": {a: n for a, n in selector.n.items() if n}, "selector": selector.info()}
+               "arms": _prompts_per_arm(arm_rows), "selector": selector.info()}
     return {"metrics": metrics, "arms": arm_rows, "selector_state": selector.state()}
+
+
+def _prompts_per_arm(arm_rows: list[dict]) -> dict:
+    """This iteration's prompts per arm (selector.n may carry over iterations: ucb carry=true, fixed, none)."""
+    out: dict = {}
+    for r in arm_rows:
+        out[r["arm"]] = out.get(r["arm"], 0) + r["prompts"]
+    return out
 
 
 def _mean(xs):
