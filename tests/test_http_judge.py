@@ -67,7 +67,7 @@ class Server:
                 prompt = body["messages"][0]["content"]
                 a, b = re.search(r"Summary A: (.*?)\nSummary B: (.*?)\n\nWhich", prompt, re.DOTALL).groups()
                 if "SLOW" in prompt:
-                    time.sleep(1.0)
+                    time.sleep(4.0)  # far past the test timeout even on a loaded machine
                 if "BOOM" in prompt:
                     return self._send(500, {"error": "backend crashed"})
                 if "FLAKY" in prompt and prompt not in outer.seen:
@@ -174,7 +174,7 @@ def test_literal_key_in_a_recipe_is_refused_before_anything_is_written(tmp_path,
 
 
 def test_timeouts_http_errors_and_garbage_are_null_failures_in_the_store(server, tmp_path, caplog):
-    j = judge(server, timeout=0.3)
+    j = judge(server, timeout=1.5)  # generous: a loaded CI machine must still answer the fast requests in time
     store = LabelStore(tmp_path / "labels.sqlite")
     rows = ROWS + [{"id": "p4", "document": "Snow."}]
     a, b = ["good one", "SLOW x", "BOOM y", "GARBLE z"], ["fine", "u", "v", "w"]
