@@ -26,6 +26,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config,
                           T5ForConditionalGeneration)
 
+from pipeline import distributed
 from pipeline.config import ModelConfig
 from pipeline.durable import clear_stale, crash_point
 
@@ -116,8 +117,11 @@ class Policy:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, documents: list[str], k: int, *, temperature: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0) -> list[list[str]]:
-        """k responses per document; temperature 0 = greedy (one decode, k copies). Deterministic given seed."""
+               max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0, shard: bool = False) -> list[list[str]]:
+        """k responses per document; temperature 0 = greedy (one decode, k copies). Deterministic given seed.
+
+        shard=True (every process calls it): batches are dealt round-robin to processes and gathered; each batch
+        keeps its own seed and contents, so the samples are the same whatever the number of processes."""
         if k < 1 or batch_size < 1:
             raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
         if not documents:
@@ -135,8 +139,10 @@ class Policy:
             max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
             decoder_start_token_id=self.start_id, use_cache=True)
         texts: dict[int, list[str]] = {i: [] for i in order}
+        batches = list(enumerate(range(0, len(rows), batch_size)))
+        decoded: list[tuple[int, list[int], list[str]]] = []  # (batch, its rows, their texts)
         with torch.inference_mode():
-            for b, start in enumerate(range(0, len(rows), batch_size)):
+            for b, start in (distributed.shard(batches) if shard else batches):
                 chunk = rows[start: start + batch_size]
                 ids, mask = _pad([prompts[i] for i in chunk], self.pad_id, left=not self.is_seq2seq)
                 with _seeded(seed * 1_000_003 + b, self.device):
@@ -144,8 +150,12 @@ class Policy:
                                               generation_config=gen_cfg)
                 if not self.is_seq2seq:
                     out = out[:, ids.shape[1]:]  # causal outputs repeat the (left-padded) prompt
-                for i, text in zip(chunk, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
-                    texts[i].append(text.strip())
+                decoded.append((b, chunk, self.tokenizer.batch_decode(out, skip_special_tokens=True)))
+        if shard:
+            decoded = sorted((d for part in distributed.gather(decoded) for d in part), key=lambda d: d[0])
+        for _, chunk, batch_texts in decoded:  # in batch order: a document's samples may span two batches
+            for i, text in zip(chunk, batch_texts):
+                texts[i].append(text.strip())
         return [texts[i] * k if greedy else texts[i] for i in range(len(documents))]
 
     # ------------------------------------------------------------------ scoring

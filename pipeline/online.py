@@ -6,6 +6,8 @@ of prompts the selector picks an arm, Best-of-N transfer replaces online respons
 dropped); reference log-probs computed once, before the update; DPO / IPO / XPO epochs; checkpoint.
 A selection stage (pipeline/selection/adapters.py) may label a block its own way (which pairs, which teacher or
 annotator) and return its own per-response scores (LCB / PRS / proxy); pairs are then its best vs worst.
+Several processes (accelerate launch; pipeline/distributed.py): generation is sharded, the labelling runs on the
+main process alone, and the update is DDP; one process runs exactly as it did without them.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.config import ModelConfig, OnlineConfig
 from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore
@@ -97,18 +100,32 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
     """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(step, cfg.warmup, total))
     policy.train()
     history = []
-    bar = tqdm(total=total, desc="update", leave=False)
+    world = distributed.world_size()
+    with distributed.data_parallel(policy), tqdm(total=total, desc="update", leave=False,
+                                                 disable=not distributed.is_main()) as bar:
+        _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world)
+    policy.eval()
+    return {"steps": total, "loss_first": history[0]["loss"] if history else None,
+            "loss_last": history[-1]["loss"] if history else None,
+            "margin_last": history[-1]["margin"] if history else None, "world_size": world}
+
+
+def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> None:
+    steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     for epoch in range(cfg.epochs):
         order = list(range(len(pairs)))
         rng.shuffle(order)
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if world > 1:  # this process's share of the batch (at least one pair, weighted 0 if it had none)
+                batch = len(idx)
+                mine = distributed.shard(idx)
+                share, idx = (len(mine), mine) if mine else (0, idx[:1])
             docs = [pairs[i][0]["document"] for i in idx]
             resp = [pairs[i][1] for i in idx] + [pairs[i][2] for i in idx]
             if cfg.loss == "xpo":
@@ -116,9 +133,18 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
             lp, _, _ = policy.logprobs(docs * (len(resp) // len(idx)), resp, batch_size=len(resp), grad=True)
             n = len(idx)
             loss, stats = preference_loss(
-                cfg.loss, lp[:n], lp[n : 2 * n], ref["w"][idx], ref["l"][idx], cfg.beta, cfg.xpo_alpha,
+                cfg.loss, lp[:n], lp[n : 2 * n], ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device), cfg.beta,
+                cfg.xpo_alpha,
                 lp[2 * n :] if cfg.loss == "xpo" else None)
-            if not torch.isfinite(loss):
+            if world > 1:  # DDP averages gradients over processes: scaled so the average is the batch mean
+                loss = loss * (share * world / batch)
+                whole = distributed.all_sum(torch.tensor([loss.item(), stats["margin"] * share,
+                                                          stats["accuracy"] * share], dtype=torch.float64))
+                loss_value = whole[0].item() / world  # the batch's loss, the same on every process
+                stats = {"margin": whole[1].item() / batch, "accuracy": whole[2].item() / batch}
+            else:
+                loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 bar.close()  # so the one-line error does not land after the progress bar
                 raise FloatingPointError(f"non-finite {cfg.loss} loss at epoch {epoch} step {b}; "
                                          "the last good checkpoint is kept (lower online.lr?)")
@@ -128,14 +154,9 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
             opt.step()
             sched.step()
             crash_point("update")
-            history.append({"epoch": epoch, "loss": loss.item(), **stats})
-            bar.set_postfix(loss=f"{loss.item():.3f}", margin=f"{stats['margin']:.2f}")
+            history.append({"epoch": epoch, "loss": loss_value, **stats})
+            bar.set_postfix(loss=f"{loss_value:.3f}", margin=f"{stats['margin']:.2f}")
             bar.update()
-    bar.close()
-    policy.eval()
-    return {"steps": total, "loss_first": history[0]["loss"] if history else None,
-            "loss_last": history[-1]["loss"] if history else None,
-            "margin_last": history[-1]["margin"] if history else None}
 
 
 def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelConfig | None) -> dict:
@@ -157,10 +178,27 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     n_pool = cfg.n_pool if scorers and selector.uses_pool else 0
     samples = policy.sample([r["document"] for r in rows], cfg.k + n_pool, temperature=cfg.temperature,
                             top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                            seed=cfg.seed * 1000 + t)
+                            seed=cfg.seed * 1000 + t, shard=True)
     timings["generate_s"] = time.time() - t0
     crash_point("generate")
+    # judge, label store and selector: the main process only; every process gets its pairs
+    responses, scores, arm_rows, judge_stats, pairs, dropped = distributed.on_main(
+        _label, t, rows, samples, judge, store, scorers, selector, cfg, rng, timings)
+    t2 = time.time()
+    ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
+    timings["reference_s"] = time.time() - t2
+    t3 = time.time()
+    try:
+        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"iteration {t}: {e}") from None
+    timings["update_s"] = time.time() - t3
+    return distributed.on_main(_result, t, rows, responses, scores, arm_rows, judge_stats, pairs, dropped, upd,
+                               timings, judge, store, selector, cfg, n_pool)
 
+
+def _label(t, rows, samples, judge, store, scorers, selector, cfg, rng, timings):
+    """Transfer and judge labels block by block (selector chooses the arm), then the iteration's pairs."""
     cache = ScoreCache(scorers)
     selector.new_iteration(t)
     block = selector.block_size or len(rows)
@@ -202,16 +240,11 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     if not pairs:
         raise OnlineStopped(f"iteration {t}: every prompt's responses tied under the judge (or had fewer than two "
                             "valid scores); no pairs to learn from")
-    t2 = time.time()
-    ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
-    timings["reference_s"] = time.time() - t2
-    t3 = time.time()
-    try:
-        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
-    except FloatingPointError as e:
-        raise FloatingPointError(f"iteration {t}: {e}") from None
-    timings["update_s"] = time.time() - t3
+    return responses, scores, arm_rows, judge_stats, pairs, dropped
 
+
+def _result(t, rows, responses, scores, arm_rows, judge_stats, pairs, dropped, upd, timings, judge, store,
+            selector, cfg, n_pool) -> dict:
     # Noiseless quality of an untransferred sample (the oracle knows it; other judges do not).
     utilities = judge.utility(rows, [ys[-1] for ys in responses]) if hasattr(judge, "utility") else []
     metrics = {"iteration": t, "prompts": len(rows), "pairs": len(pairs), "tied_prompts_dropped": dropped,
@@ -267,6 +300,10 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
             policy = load_policy(dataclasses.replace(start_cfg, name=str(prev)))
         log.info("online iteration %d/%d", t, cfg.iterations)
         res = run_iteration(t, policy, train_rows, judge, store, scorers, selector, cfg, start_cfg, out_dir)
+        results.append(res["metrics"])
+        if not distributed.is_main():
+            distributed.barrier()  # the main process writes the iteration's checkpoint and files
+            continue
         it_dir.mkdir(parents=True, exist_ok=True)
         policy.save(it_dir / "model")
         atomic_write_text(it_dir / "metrics.json", json.dumps(res["metrics"], indent=2))
@@ -274,14 +311,15 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
         _write_arms(it_dir / "arms.csv", res["arms"])
         crash_point("iteration_end")
         atomic_write_text(it_dir / "DONE", "")
-        results.append(res["metrics"])
+        distributed.barrier()
         m = res["metrics"]
         print(f"iteration {t}: pairs {m['pairs']}, labels {m['labels_spent_total']}, "
               f"mean judge score {m['mean_judge_score']:.3f}, loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
               f"gen {m['generate_s']:.0f}s update {m['update_s']:.0f}s", flush=True)
     # After the loop, so a run killed between an iteration's DONE and this line still gets it on resume.
-    _write_arms(out_dir.parent / "arms.csv", [r for t in range(1, cfg.iterations + 1)
-                                              for r in _read_arms(out_dir / f"iter_{t}")])
+    if distributed.is_main():
+        _write_arms(out_dir.parent / "arms.csv", [r for t in range(1, cfg.iterations + 1)
+                                                  for r in _read_arms(out_dir / f"iter_{t}")])
     return results
 
 

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from pipeline import data as data_stage
+from pipeline import distributed
 from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
 from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore
@@ -85,9 +86,10 @@ def tokenizer_dir(recipe: Recipe, model=None) -> Path | None:
     if model.tokenizer not in ("auto", "world") or not model.name.startswith("shape:"):
         return None
     tok = recipe.out / "data" / "tokenizer"
-    if not (tok / "tokenizer.json").exists():
-        rows = data_stage.load_split(recipe.out / "data", "train")
-        train_world_tokenizer((t for r in rows for t in (r["document"], r["summary"])), tok)
+    with distributed.main_first():  # trained once, by the main process; the others then find it
+        if not (tok / "tokenizer.json").exists():
+            rows = data_stage.load_split(recipe.out / "data", "train")
+            train_world_tokenizer((t for r in rows for t in (r["document"], r["summary"])), tok)
     return tok
 
 
@@ -116,9 +118,11 @@ def stage_sources(recipe: Recipe) -> None:
         model = load_policy(sm.model, tokenizer_dir=tokenizer_dir(recipe, sm.model))
         metrics = run_sft(model, sm.sft, data_stage.load_split(recipe.out / "data", "train"),
                           data_stage.load_split(recipe.out / "data", "eval"), d)
-        print(f"source model '{sm.label}': {metrics['n_params'] / 1e6:.1f}M params, ROUGE-Lsum {metrics['rouge_lsum']}, "
-              f"{metrics['wall_s']:.0f}s", flush=True)
-        _mark(d, metrics)
+        if distributed.is_main():
+            print(f"source model '{sm.label}': {metrics['n_params'] / 1e6:.1f}M params, "
+                  f"ROUGE-Lsum {metrics['rouge_lsum']}, {metrics['wall_s']:.0f}s", flush=True)
+            _mark(d, metrics)
+        distributed.barrier()
 
 
 def resolve_model_refs(recipe: Recipe, spec: dict) -> dict:
@@ -149,14 +153,18 @@ def stage_sft(recipe: Recipe) -> None:
         ev = data_stage.load_split(recipe.out / "data", "eval")
         metrics = run_sft(policy, recipe.sft, train, ev, d)
         rouge = "skipped" if metrics["rouge_lsum"] is None else f"{metrics['rouge_lsum']:.3f}"
-        print(f"sft: ROUGE-Lsum {rouge} on {min(len(ev), recipe.sft.eval_examples)} eval rows, "
-              f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}, "
-              f"{metrics['wall_s']:.0f}s", flush=True)
+        if distributed.is_main():
+            print(f"sft: ROUGE-Lsum {rouge} on {min(len(ev), recipe.sft.eval_examples)} eval rows, "
+                  f"loss {metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}, "
+                  f"{metrics['wall_s']:.0f}s", flush=True)
     else:  # the online stage and the eval baseline start from the model as loaded
-        d.mkdir(parents=True, exist_ok=True)
-        policy.save(d / "model")
+        if distributed.is_main():
+            d.mkdir(parents=True, exist_ok=True)
+            policy.save(d / "model")
         metrics = {"skipped": True}
-    _mark(d, metrics)
+    if distributed.is_main():
+        _mark(d, metrics)
+    distributed.barrier()
 
 
 def build_judge(recipe: Recipe, judge_cfg=None):
@@ -207,13 +215,17 @@ def stage_online(recipe: Recipe) -> None:
     seed_everything(recipe.online.seed)
     judge = build_judge(recipe)
     scorers = build_scorers(recipe)
-    store = LabelStore(recipe.out / "labels.sqlite")
+    # the label store is the main process's alone: labels are asked and written once
+    store = LabelStore(recipe.out / "labels.sqlite") if distributed.is_main() else None
     try:
         results = run_online(recipe.policy, recipe.out / "sft" / "model", recipe.online,
                              data_stage.load_split(recipe.out / "data", "train"), judge, store, scorers, d)
     finally:
-        store.close()
-    _mark(d, {"iterations": len(results)})
+        if store is not None:
+            store.close()
+    if distributed.is_main():
+        _mark(d, {"iterations": len(results)})
+    distributed.barrier()
 
 
 def stage_eval(recipe: Recipe) -> list[dict]:
@@ -262,20 +274,27 @@ def stage_eval(recipe: Recipe) -> list[dict]:
 def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
     if until not in STAGES:
         raise ConfigError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
-    out = prepare_run_dir(recipe, force)
+    with distributed.main_first():
+        out = prepare_run_dir(recipe, force)
     _setup_logging(out)
     t0 = time.time()
     for stage in STAGES[: STAGES.index(until) + 1]:
         ts = time.time()
-        {"data": stage_data, "sft": stage_sft, "sources": stage_sources, "online": stage_online,
-         "eval": stage_eval}[stage](recipe)
+        fn = {"data": stage_data, "sft": stage_sft, "sources": stage_sources, "online": stage_online,
+              "eval": stage_eval}[stage]
+        if stage in ("data", "eval"):  # not sharded: the main process runs them, the others wait
+            distributed.on_main(fn, recipe)
+        else:  # sft, sources, online: every process (DDP updates, sharded generation)
+            fn(recipe)
         log.info("stage %s finished in %.1fs", stage, time.time() - ts)
+    if not distributed.is_main():
+        return
     print(f"done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
 
 
 def _setup_logging(out: Path) -> None:
     root = logging.getLogger()
-    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+    if distributed.is_main() and not any(isinstance(h, logging.FileHandler) for h in root.handlers):
         fh = logging.FileHandler(out / "run.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(fh)

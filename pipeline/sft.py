@@ -2,12 +2,14 @@
 
 A plain PyTorch loop rather than HF Trainer: the loss is exactly `Policy.logprobs` (the same tokenisation and
 response convention that the online stage's DPO update differentiates), it works unchanged for seq2seq and
-causal models with or without LoRA, and it reads top to bottom.
+causal models with or without LoRA, and it reads top to bottom. Under several processes each takes its share
+of every batch (DDP through accelerate, pipeline/distributed.py); the main process evaluates and saves.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pipeline import distributed
 from pipeline.config import SFTConfig
 from pipeline.durable import atomic_write_text
 from pipeline.models import Policy
@@ -65,15 +68,27 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     losses: list[float] = []
     start = time.time()
     policy.train()
-    with open(out_dir / "log.jsonl", "w", encoding="utf-8") as log, \
-            tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True) as bar:
+    world = distributed.world_size()
+    main = distributed.is_main()
+    with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log, \
+            tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True, disable=not main) as bar, \
+            distributed.data_parallel(policy):
         for step in bar:
             batch = next(batches)
+            if world > 1:  # this process's share of the batch (at least one row, weighted 0 if it had none)
+                mine = distributed.shard(batch)
+                real, batch = (1.0, mine) if mine else (0.0, batch[:1])
             total, _, count = policy.logprobs([r["document"] for r in batch], [targets[id(r)] for r in batch],
                                               batch_size=cfg.batch_size, grad=True)
-            loss = -total.sum() / count.sum()  # token-mean cross-entropy over the whole batch
+            if world == 1:
+                loss = -total.sum() / count.sum()  # token-mean cross-entropy over the whole batch
+            else:  # DDP averages gradients over processes: scaled so the average is the whole batch's token mean
+                n_tokens = distributed.all_sum(count.sum() * int(real))
+                loss = -total.sum() * real * world / n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                loss = distributed.all_sum(loss.detach()) / world  # the whole batch's loss, for the log
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
@@ -85,6 +100,12 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
                                       "elapsed_s": round(time.time() - start, 2)}) + "\n")
                 log.flush()
     policy.eval()
+    # the main process evaluates and saves; the others wait and get its metrics
+    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start)
+
+
+def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path, losses: list[float],
+            start: float) -> dict:
     metrics: dict = {"rouge_lsum": None}
     if cfg.eval_examples > 0 and eval_rows:
         rows = eval_rows[: cfg.eval_examples]

@@ -1,0 +1,133 @@
+"""Several processes (`accelerate launch`, `torchrun`): a thin layer over accelerate, nothing home-made.
+
+A plain `python -m pipeline run` is one process: every helper here is then the identity (or a no-op) and
+accelerate's state is never created, so the single-process path is exactly what it was before.
+Under a launcher (WORLD_SIZE > 1) accelerate's PartialState joins the process group: NCCL when CUDA is
+present, gloo on CPU. Who does what:
+- generation: prompt batches are dealt round-robin to processes and the samples gathered (Policy.sample);
+- judge + label store (SQLite) + selector: the main process only; its results are broadcast (`on_main`);
+- SFT and preference updates: the model wrapped by accelerate (DDP), each process takes its share of every
+  batch and the gradients are averaged; checkpoints and stage outputs are written by the main process only,
+  and everyone waits for them (`barrier`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+def world_size() -> int:
+    """Number of processes; read from the launcher's environment, so one process needs no accelerate state."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _state():
+    from accelerate import PartialState
+
+    # cpu=True when there is no GPU: accelerate otherwise leaves a CPU-only torchrun job undistributed
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def rank() -> int:
+    return _state().process_index if world_size() > 1 else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        _state().wait_for_everyone()
+
+
+@contextlib.contextmanager
+def main_first():
+    """The main process runs the block first (e.g. writes a file); the others then run it (and find it)."""
+    if world_size() > 1:
+        with _state().main_process_first():
+            yield
+    else:
+        yield
+
+
+def shard(items: list, rank_: int | None = None, world: int | None = None) -> list:
+    """This process's items: every world-th one, from its rank (round-robin keeps the shares balanced)."""
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    return items[rank_::world]
+
+
+def unshard(shards: list[list], n: int) -> list:
+    """Inverse of `shard` given every process's share in rank order: the n items in their original order."""
+    out = [None] * n
+    for r, part in enumerate(shards):
+        out[r :: len(shards)] = part
+    return out
+
+
+def gather(obj) -> list:
+    """Every process's `obj`, in rank order, on every process (accelerate.utils.gather_object)."""
+    if world_size() == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def broadcast(obj):
+    """The main process's `obj` on every process."""
+    if world_size() == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
+def on_main(fn, *args, **kwargs):
+    """fn(*args) on the main process only; its result (or its exception) on every process.
+
+    An exception is re-raised everywhere, so a judge failure stops all processes instead of leaving the
+    others waiting at the next collective."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    out = None
+    if is_main():
+        try:
+            out = ("ok", fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001  (re-raised below, on every process)
+            out = ("error", e)
+    kind, value = broadcast(out)
+    if kind == "error":
+        raise value
+    return value
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (a detached copy; the identity in one process)."""
+    if world_size() == 1:
+        return x
+    from accelerate.utils import reduce
+
+    return reduce(x.detach().to(_state().device), reduction="sum").to(x.device)  # NCCL reduces GPU tensors only
+
+
+@contextlib.contextmanager
+def data_parallel(policy):
+    """Within the block, policy.model is the DDP-wrapped model (accelerate's prepare_model), so every backward
+    averages the gradients over processes; the plain module is put back afterwards (generate, save, LoRA merge
+    need it). One process: the model is left alone."""
+    if world_size() == 1:
+        yield
+        return
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())  # shares PartialState: the process group is joined once
+    plain = policy.model
+    policy.model = acc.prepare_model(plain)
+    try:
+        yield
+    finally:
+        policy.model = acc.unwrap_model(policy.model)
