@@ -35,6 +35,10 @@ sft: venv
 table: venv
 	$(PY) -m eval.table $(RECIPE) $(ARGS)
 
+# Speed: per-stage throughput, iteration breakdowns and the four side-by-side ratios -> runs/bench/results.{json,md}
+bench: venv
+	$(PY) -m bench $(ARGS)
+
 stages: venv
 	$(PY) -m pipeline.selection.report $(ARGS)
 

@@ -38,6 +38,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def bar_kwargs() -> dict:
+    """tqdm arguments: silent on every process but the main one, whose bar still obeys TQDM_DISABLE (an explicit
+    disable=False would override that environment variable)."""
+    return {} if is_main() else {"disable": True}
+
+
 def barrier() -> None:
     if world_size() > 1:
         _state().wait_for_everyone()

@@ -107,7 +107,7 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
     history = []
     world = distributed.world_size()
     with distributed.data_parallel(policy), tqdm(total=total, desc="update", leave=False,
-                                                 disable=not distributed.is_main()) as bar:
+                                                 **distributed.bar_kwargs()) as bar:
         _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world)
     policy.eval()
     return {"steps": total, "loss_first": history[0]["loss"] if history else None,

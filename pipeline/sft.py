@@ -71,7 +71,7 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     world = distributed.world_size()
     main = distributed.is_main()
     with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log, \
-            tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True, disable=not main) as bar, \
+            tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True, **distributed.bar_kwargs()) as bar, \
             distributed.data_parallel(policy):
         for step in bar:
             batch = next(batches)

@@ -1,0 +1,181 @@
+"""Ratios (2)-(4): batched judge scoring, precomputed reference log-probs, batched Best-of-N sampling.
+
+Each ratio runs both sides in this process on the same model, inputs and settings, interleaved `repeats` times,
+and keeps each side's fastest run (load from other processes on the shared cores only ever slows a run down).
+When a side misses its target the result carries cProfile's top entries of one more run of each side.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+from bench.common import Tally, World, best_of, count_generated, profile_top
+from pipeline.config import OnlineConfig
+from pipeline.online import reference_logprobs, update
+from reward_sources import build_judge
+
+
+def ratio_result(name: str, unit: str, ours: dict, base: dict, target: float, strict: bool, setup: str) -> dict:
+    """ours/base = {"value": rate in `unit`, "seconds": ..., ...}; the ratio is ours / baseline rate."""
+    ratio = ours["value"] / base["value"]
+    met = ratio > target if strict else ratio >= target
+    return {"name": name, "unit": unit, "ours": ours, "baseline": base, "ratio": ratio,
+            "target": f"{'>' if strict else '>='} {target:g}x", "met": met, "setup": setup}
+
+
+# ---------------------------------------------------------------------- (2) batched judge
+
+
+def make_reward_model(tokenizer, out_dir: Path, hidden: int = 128, layers: int = 2, seed: int = 0) -> Path:
+    """A random-weight Llama sequence-classification RM (1 logit) saved with `tokenizer`, as a hub RM would be."""
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                      max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(cfg).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def judge_batching(world: World, n_labels: int, batch_size: int, dims: tuple[int, int], repeats: int, work_dir: Path,
+                   profile: bool) -> dict:
+    """One RM of `dims` = (hidden size, layers). A third timing feeds the same batched judge its inputs sorted by
+    length (as Policy.logprobs orders its batches), to show what that ordering would add."""
+    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
+    rm_dir = make_reward_model(tok, work_dir / f"rm{dims[0]}x{dims[1]}", *dims)
+    judge = build_judge("reward_model", {"model": str(rm_dir), "batch_size": batch_size})
+    rows = world.rows[:n_labels]
+    responses = [r["summary"] for r in rows]
+    by_len = sorted(range(n_labels), key=lambda i: len(rows[i]["document"]) + len(responses[i]))
+
+    def batched():
+        return judge.score(rows, responses)
+
+    def batched_sorted():
+        return judge.score([rows[i] for i in by_len], [responses[i] for i in by_len])
+
+    def one_at_a_time():  # the reference experiment's loop: one RM call per response
+        return [s for r, y in zip(rows, responses) for s in judge.score([r], [y])]
+
+    diff = max(abs(a - b) for a, b in zip(batched(), one_at_a_time()))  # also a warm-up of both paths
+    best = best_of({"batched": batched, "single": one_at_a_time, "sorted": batched_sorted}, repeats)
+    n_params = sum(p.numel() for p in judge.scorer.net.parameters())
+    res = ratio_result(
+        f"batched reward-model judge vs one-at-a-time (RM {dims[0]}x{dims[1]})", "labels/s",
+        {"value": n_labels / best["batched"], "seconds": best["batched"], "labels": n_labels, "batch_size": batch_size,
+         "length_sorted_labels_per_s": n_labels / best["sorted"]},
+        {"value": n_labels / best["single"], "seconds": best["single"], "labels": n_labels, "batch_size": 1},
+        5.0, False,
+        f"reward_sources/reward_model.py judge, random-weight Llama RM (hidden {dims[0]}, {dims[1]} layer(s), "
+        f"{n_params / 1e6:.2f}M params, world tokenizer), {n_labels} (document, summary) labels, batch {batch_size}; "
+        f"scores agree to {diff:.1e}; the same batches fed in length order: {n_labels / best['sorted']:.0f} labels/s")
+    if profile and not res["met"]:
+        res["profile"] = {"ours": profile_top(batched), "baseline": profile_top(one_at_a_time)}
+    return res
+
+
+# ---------------------------------------------------------------------- (3) reference log-probs
+
+
+class LiveReference:
+    """Stands in for the precomputed {"w", "l"} dict that pipeline.online.update indexes as ref["w"][idx]: each
+    lookup runs the frozen reference model on that step's pairs (chosen and rejected in one forward), i.e. the
+    usual live-reference DPO step, with update() itself unchanged."""
+
+    def __init__(self, ref_policy, pairs):
+        self.ref, self.pairs, self.key, self.cache = ref_policy, pairs, None, None
+
+    def __getitem__(self, side: str):
+        return _Side(self, side)
+
+    def lookup(self, side: str, idx) -> torch.Tensor:
+        if self.key != tuple(idx):
+            docs = [self.pairs[i][0]["document"] for i in idx]
+            resp = [self.pairs[i][1] for i in idx] + [self.pairs[i][2] for i in idx]
+            lp, _, _ = self.ref.logprobs(docs * 2, resp, batch_size=len(resp))
+            self.key, self.cache = tuple(idx), {"w": lp[: len(idx)], "l": lp[len(idx):]}
+        return self.cache[side]
+
+
+class _Side:
+    def __init__(self, live: LiveReference, side: str):
+        self.live, self.side = live, side
+
+    def __getitem__(self, idx):
+        return self.live.lookup(self.side, idx)
+
+
+def reference_precompute(world: World, n_prompts: int, new_tokens: int, repeats: int, profile: bool) -> dict:
+    policy0 = world.policy("t5-micro", max_input_tokens=128)
+    rows = world.rows[:n_prompts]
+    samples = policy0.sample([r["document"] for r in rows], 2, max_new_tokens=new_tokens, seed=0)
+    pairs = [(r, ys[0], ys[1], ys[1]) for r, ys in zip(rows, samples)]
+    cfg = OnlineConfig(loss="dpo", beta=0.1, lr=1e-4, warmup=10, epochs=2, batch_size=16)  # recipes/demo.yaml
+
+    def precomputed(p, _r):
+        return update(p, pairs, reference_logprobs(p, pairs, cfg, None), cfg, seed=0)
+
+    def live(p, r):
+        return update(p, pairs, LiveReference(r, pairs), cfg, seed=0)
+
+    fns = {"precomputed": precomputed, "live": live}
+    best, out = {k: float("inf") for k in fns}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            p, r = copy.deepcopy(policy0), copy.deepcopy(policy0)  # copies are setup, not timed
+            t0 = time.perf_counter()
+            out[name] = fn(p, r)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    work = len(pairs) * cfg.epochs
+    loss_diff = max(abs(out["precomputed"][k] - out["live"][k]) for k in ("loss_first", "loss_last"))
+    res = ratio_result(
+        "reference log-probs precomputed once per iteration vs live reference forward per update step", "pairs/s",
+        {"value": work / best["precomputed"], "seconds": best["precomputed"], "pair_updates": work},
+        {"value": work / best["live"], "seconds": best["live"], "pair_updates": work},
+        1.0, True,
+        f"demo policy (t5-micro), {len(pairs)} pairs, {cfg.epochs} epochs of batch {cfg.batch_size} "
+        f"({out['live']['steps']} steps); pipeline.online.update for both, the live side's reference looked up per "
+        f"step; first/last losses agree to {loss_diff:.1e}")
+    if profile and not res["met"]:
+        res["profile"] = {k: profile_top(lambda f=f: f(copy.deepcopy(policy0), copy.deepcopy(policy0)))
+                          for k, f in (("ours", precomputed), ("baseline", live))}
+    return res
+
+
+# ---------------------------------------------------------------------- (4) Best-of-N pool sampling
+
+
+def bon_sampling(world: World, n_prompts: int, samples: int, new_tokens: int, repeats: int, profile: bool) -> dict:
+    policy = world.policy("t5-micro", max_input_tokens=128)
+    docs = [r["document"] for r in world.rows[:n_prompts]]
+    kw = dict(temperature=1.0, max_new_tokens=new_tokens)
+
+    def batched():
+        return policy.sample(docs, samples, batch_size=64, seed=0, **kw)
+
+    def loop():  # one generate call per sample
+        return [policy.sample([d], 1, seed=i * samples + j, **kw) for i, d in enumerate(docs) for j in range(samples)]
+
+    tallies = {"batched": Tally(), "loop": Tally()}
+    for name, fn in (("batched", batched), ("loop", loop)):  # warm-up run that also counts the tokens
+        with count_generated(policy, tallies[name]):
+            fn()
+    best = best_of({"batched": batched, "loop": loop}, repeats)
+    n = n_prompts * samples
+    res = ratio_result(
+        "Best-of-N pool sampling batched (Policy.sample with K+N) vs a per-sample loop", "samples/s",
+        {"value": n / best["batched"], "seconds": best["batched"], "samples": n,
+         "tokens_per_s": tallies["batched"].items / best["batched"]},
+        {"value": n / best["loop"], "seconds": best["loop"], "samples": n,
+         "tokens_per_s": tallies["loop"].items / best["loop"]},
+        1.0, True,
+        f"demo policy (t5-micro), {n_prompts} prompts x (K+N={samples}) samples, {new_tokens} new tokens, "
+        "generation batch 64")
+    if profile and not res["met"]:
+        res["profile"] = {"ours": profile_top(batched), "baseline": profile_top(loop)}
+    return res
