@@ -13,6 +13,10 @@ Pairwise judges get a per-summary score too (its mean win rate against the docum
 a Borda count), so their correlations are comparable. They are the expensive scorers, so they run on the
 first --judge-docs documents only (the table's n_pairs says how many pairs that was).
 
+Model scorers (loglik sources, the pairwise LLM judge) run in --workers processes with one torch thread each,
+while this process computes ROUGE and BERTScore: on shared cores, processes time-share far better than OpenMP
+threads do. Their work is split by document; sum and mean (and the PMI pair) share one set of log-probs.
+
 Outputs (runs/validate/<dataset stem>/ unless --out): agreement.md, agreement.csv, agreement.png, scores.csv
 (ids, systems and scores only: the data's text is never copied) and judge_raw.jsonl (raw judge answers).
 """
@@ -24,9 +28,11 @@ import difflib
 import itertools
 import json
 import math
+import os
 import sys
 import time
 from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +256,165 @@ def run_judge(label, registry_name, params, rows, judge_docs: int, seed: int = 0
     return judge, outcomes, raw
 
 
+# ---------------------------------------------------------------------------- model scorers in worker processes
+
+_WORKER_JUDGES: dict[str, object] = {}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _loglik_task(model, documents, responses, batch_size):
+    """Worker: (summed log-probs, token counts, (wall, CPU) seconds) of responses given documents."""
+    from reward_sources.loglik import get_policy, grouped_logprobs
+
+    t0, c0 = time.time(), time.process_time()
+    _, policy = get_policy(model)
+    sums, counts = grouped_logprobs(policy, documents, responses, batch_size)
+    return sums, counts, (time.time() - t0, time.process_time() - c0)
+
+
+def _judge_task(registry_name, params, rows, a, b, seed):
+    """Worker: (outcomes, raw answers, (wall, CPU) seconds) of one judge on summary pairs (a[k], b[k]) of rows[k]."""
+    from reward_sources import build_judge
+
+    t0, c0 = time.time(), time.process_time()
+    key = json.dumps([registry_name, params], sort_keys=True, default=str)
+    if key not in _WORKER_JUDGES:
+        _WORKER_JUDGES[key] = build_judge(registry_name, params)
+    judge = _WORKER_JUDGES[key]
+    return judge.compare(rows, a, b, seed), judge.last_raw, (time.time() - t0, time.process_time() - c0)
+
+
+class LazyTask:
+    """workers=1: a task run here, when its result is first asked for (so progress bars show it running)."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.out = fn, args, None
+
+    def result(self):
+        if self.out is None:
+            try:
+                self.out = (True, self.fn(*self.args))
+            except Exception as e:  # noqa: BLE001 - re-raised on every call, as a process pool's future does
+                self.out = (False, e)
+        if not self.out[0]:
+            raise self.out[1]
+        return self.out[1]
+
+
+class InlineExecutor:
+    def submit(self, fn, *args) -> LazyTask:
+        return LazyTask(fn, args)
+
+    def shutdown(self, cancel_futures=False) -> None:
+        pass
+
+
+def make_executor(workers: int):
+    if workers <= 1:
+        return InlineExecutor()
+    import multiprocessing
+
+    # spawn: a forked child would inherit this process's OpenMP state (and its model, if loaded)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+
+
+class Job:
+    """Futures of one piece of model work; finish() combines them once and re-raises a worker's error for every
+    scorer that needs the job. seconds, cpu_seconds: summed over its tasks."""
+
+    def __init__(self, futures, combine):
+        self.futures, self.combine, self.done, self.claimed = futures, combine, None, False
+        self.seconds = self.cpu_seconds = 0.0
+
+    def finish(self, label: str):
+        from tqdm import tqdm
+
+        if self.done is None:
+            try:
+                results = [f.result() for f in tqdm(self.futures, desc=label, unit="task", leave=False)]
+                self.seconds = sum(r[-1][0] for r in results)
+                self.cpu_seconds = sum(r[-1][1] for r in results)
+                self.done = ("ok", self.combine(results))
+            except Exception as e:  # noqa: BLE001 - a dead worker process is not a ValueError
+                self.done = ("error", e if isinstance(e, ValueError) else ValueError(f"worker failed: {e!r}"))
+        if self.done[0] == "error":
+            raise self.done[1]
+        return self.done[1]
+
+
+def submit_model_work(executor, scorers, rows, judge_docs: int, seed: int, docs_per_task: int = 8,
+                      summaries_per_task: int = 64) -> dict[str, list[Job]]:
+    """Jobs for the model-backed scorers, keyed by scorer label (scorers on one model share jobs): log-probs of
+    every summary given its document (and given no document, for PMI), and the pairwise LLM judge's comparisons.
+    Log-probs land in reward_sources.loglik's memo, so the scorers themselves then only combine numbers."""
+    from reward_sources import loglik
+
+    groups = doc_groups(rows)
+    jobs: dict[str, list[Job]] = {}
+    shared: dict[tuple, Job] = {}
+
+    def loglik_job(model, batch_size, with_document: bool):
+        key = (loglik.model_key(model), with_document)
+        if key not in shared:
+            if with_document:  # whole documents per task, so each document's prompt is encoded once
+                order = [i for g in groups for i in g]
+                documents, responses = [rows[i]["document"] for i in order], [rows[i]["summary"] for i in order]
+                sizes = [sum(map(len, groups[k:k + docs_per_task])) for k in range(0, len(groups), docs_per_task)]
+            else:  # PMI baseline: each distinct summary given the empty document
+                responses = list(OrderedDict.fromkeys(r["summary"] for r in rows))
+                documents = [""] * len(responses)
+                sizes = [summaries_per_task] * math.ceil(len(responses) / summaries_per_task)
+            starts = np.cumsum([0] + sizes[:-1]).tolist()
+            futures = [executor.submit(_loglik_task, model, documents[s:s + n], responses[s:s + n], batch_size)
+                       for s, n in zip(starts, sizes)]
+
+            def combine(results, documents=documents, responses=responses):
+                sums = [x for r in results for x in r[0]]
+                counts = [x for r in results for x in r[1]]
+                loglik.remember(model, documents, responses, sums, counts)
+                return True
+
+            shared[key] = Job(futures, combine)
+        return shared[key]
+
+    for label, what, reg_name, spec in scorers:
+        if what == "source" and reg_name == "loglik" and "model" in spec and not spec.get("minus_reference"):
+            try:  # loaded here first: checks the spec, and a GGUF is dequantised once, not once per worker
+                loglik.get_policy(spec["model"])
+                batch_size = int(spec.get("batch_size", 16))
+            except (ValueError, TypeError):
+                continue  # the scorer itself reports the bad spec
+            jobs[label] = [loglik_job(spec["model"], batch_size, True)]
+            if spec.get("pmi"):
+                jobs[label].append(loglik_job(spec["model"], batch_size, False))
+        elif what == "judge" and reg_name == "pairwise_llm":
+            futures, pair_lists = [], []
+            for g in groups[: judge_docs or None]:
+                pairs = list(itertools.combinations(g, 2))
+                slim = [{"id": rows[i]["id"], "document": rows[i]["document"]} for i, _ in pairs]
+                futures.append(executor.submit(_judge_task, reg_name, spec, slim,
+                                               [rows[i]["summary"] for i, _ in pairs],
+                                               [rows[j]["summary"] for _, j in pairs], seed))
+                pair_lists.append(pairs)
+
+            def combine(results, pair_lists=pair_lists):
+                outcomes, raw = {}, []
+                for pairs, (values, answers, _) in zip(pair_lists, results):
+                    for (i, j), value, answer in zip(pairs, values, answers):
+                        outcomes[(i, j)] = value
+                        raw.append({"id": rows[i]["id"], "a": rows[i]["system"], "b": rows[j]["system"],
+                                    "result": value, "ab": answer.get("ab"), "ba": answer.get("ba")})
+                return outcomes, raw
+
+            jobs[label] = [Job(futures, combine)]
+    return jobs
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -306,43 +471,87 @@ def set_threads(n: int) -> int:
     return n
 
 
+def resolve_workers(n: int) -> int:
+    """0 = one per CPU core (at most 4): single-threaded processes share even busy cores without the stalls that
+    OpenMP threads suffer there."""
+    if n > 0:
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
 def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
     t_all = time.time()
-    threads = set_threads(args.threads)
     exclude = [s for s in (args.exclude_systems or "").split(",") if s]
     rows, skipped = load_judgments(args.judgments, args.max_docs, exclude)
     names = [s.strip() for s in (args.scorers or ",".join(DEFAULT_SCORERS)).split(",") if s.strip()]
     names = [n for name in names for n in (CHEAP_SCORERS if name == "cheap" else [name])]
     scorers = resolve_scorers(names, args.recipe)
+    model_work = any(reg in ("loglik", "pairwise_llm") for _, _, reg, _ in scorers)
+    workers = resolve_workers(args.workers) if model_work else 0
+    # with worker processes on the cores, this process (ROUGE, BERTScore) takes one thread unless told otherwise
+    threads = set_threads(args.threads or (1 if workers > 1 else 0))
     out = Path(args.out or Path("runs/validate") / Path(args.judgments).stem)
     out.mkdir(parents=True, exist_ok=True)
     n_docs = len(doc_groups(rows))
-    print(f"torch threads: {threads}; {len(rows)} summaries of {n_docs} documents; skipped: {skipped}", file=sys.stderr)
+    print(f"torch threads: {threads}; model-scorer workers: {workers}; {len(rows)} summaries of {n_docs} documents; "
+          f"skipped: {skipped}", file=sys.stderr)
     results, columns, raw_all = [], {}, []
     failed = []  # (label, reason): one broken scorer must not throw away an hour of the others' work
-    for label, what, reg_name, spec in scorers:
-        t0 = time.time()
-        outcomes = None
-        try:
-            if what == "judge":
-                judge, outcomes, raw = run_judge(label, reg_name, spec, rows, args.judge_docs, args.seed)
-                if outcomes is None:  # a scalar judge (reward model) scores every summary
-                    scores = np.array(judge.score(rows, [r["summary"] for r in rows], args.seed), dtype=float)
-                else:
-                    scores = borda(len(rows), outcomes)
-                    raw_all += [{"scorer": label, **r} for r in raw]
+    executor, jobs = make_executor(workers) if model_work else None, {}
+    try:
+        jobs = submit_model_work(executor, scorers, rows, args.judge_docs, args.seed) if executor else {}
+        for label, what, reg_name, spec in scorers:
+            one = score_one(label, what, reg_name, spec, rows, jobs.get(label), args)
+            if isinstance(one, str):
+                failed.append((label, one))
+                print(f"{label}: FAILED: {one}", file=sys.stderr)
+                continue
+            res, scores, raw = one
+            results.append(res)
+            columns[label] = scores
+            raw_all += [{"scorer": label, **r} for r in raw]
+            print(f"{label}: pairwise acc {_fmt(res['pairwise_acc'])}, Spearman {_fmt(res['spearman'])} "
+                  f"({res['seconds']:.0f} s)", file=sys.stderr)
+    finally:
+        if executor:
+            executor.shutdown(cancel_futures=True)
+    unique = {id(job): job for js in jobs.values() for job in js}.values()
+    model_cpu = sum(job.cpu_seconds for job in unique)
+    write_outputs(args, out, rows, skipped, exclude, results, columns, raw_all, failed, threads, workers, model_cpu,
+                  t_all)
+    return results, failed
+
+
+def score_one(label, what, reg_name, spec, rows, jobs, args):
+    """(metrics, per-summary scores, raw judge answers) of one scorer, or the reason it failed."""
+    t0, worker_s, outcomes, raw = time.time(), 0.0, None, []
+    try:
+        done = [job.finish(label) for job in jobs or []]
+        for job in jobs or []:  # work shared by several scorers is timed once, with the first
+            worker_s += 0.0 if job.claimed else job.seconds
+            job.claimed = True
+        if what == "judge" and jobs:
+            outcomes, raw = done[0]
+            scores = borda(len(rows), outcomes)
+        elif what == "judge":
+            judge, outcomes, raw = run_judge(label, reg_name, spec, rows, args.judge_docs, args.seed)
+            if outcomes is None:  # a scalar judge (reward model) scores every summary
+                scores = np.array(judge.score(rows, [r["summary"] for r in rows], args.seed), dtype=float)
             else:
-                scores = run_source(label, reg_name, spec, rows)
-        except ValueError as e:  # sources, judges and models raise one-line ValueErrors for user mistakes
-            failed.append((label, str(e)))
-            print(f"{label}: FAILED: {e}", file=sys.stderr)
-            continue
-        res = agreement(rows, scores, outcomes, args.bootstrap, args.seed)
-        res.update(scorer=label, seconds=time.time() - t0)
-        results.append(res)
-        columns[label] = scores
-        print(f"{label}: pairwise acc {_fmt(res['pairwise_acc'])}, Spearman {_fmt(res['spearman'])} "
-              f"({res['seconds']:.0f} s)", file=sys.stderr)
+                scores = borda(len(rows), outcomes)
+        else:
+            scores = run_source(label, reg_name, spec, rows)
+    except ValueError as e:  # sources, judges and models raise one-line ValueErrors for user mistakes
+        return str(e)
+    res = agreement(rows, scores, outcomes, args.bootstrap, args.seed)
+    res.update(scorer=label, seconds=time.time() - t0 + worker_s)
+    return res, scores, raw
+
+
+def write_outputs(args, out, rows, skipped, exclude, results, columns, raw_all, failed, threads, workers, model_cpu,
+                  t_all):
+    n_docs = len(doc_groups(rows))
     with (out / "agreement.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -366,7 +575,10 @@ def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
               "mean win rate (Borda); failures = unparseable answers, left out",
               "- reference-based scorers (ROUGE, BERTScore) give a 'Gold' system (the reference itself) a perfect "
               "score; --exclude-systems Gold removes it",
-              f"- wall time {time.time() - t_all:.0f} s ({threads} torch threads)"]
+              f"- wall time {time.time() - t_all:.0f} s; model scorers (log-probs, LLM judge) in {workers} worker "
+              f"process(es), 1 torch thread each ({model_cpu:.0f} CPU s in all), ROUGE and BERTScore beside them "
+              f"with {threads} thread(s); a model scorer's 'seconds' are its tasks' wall seconds summed over workers "
+              "(log-probs shared by several scorers are counted once, with the first)"]
     header += [f"- FAILED scorer {label}: {reason}" for label, reason in failed]
     md = markdown(results, header)
     (out / "agreement.md").write_text(md, encoding="utf-8")
@@ -385,12 +597,16 @@ def parser() -> argparse.ArgumentParser:
                                      f"(default: {','.join(DEFAULT_SCORERS)}; 'cheap' = {','.join(CHEAP_SCORERS)})")
     p.add_argument("--max-docs", type=int, default=0, help="only the first N documents (0 = all)")
     p.add_argument("--judge-docs", type=int, default=50,
-                   help="pairwise judges run on the first N documents (0 = all; SmolLM2: ~4 s per document)")
+                   help="pairwise judges run on the first N documents (0 = all; SmolLM2: ~8 CPU s per document)")
     p.add_argument("--exclude-systems", default="", help="comma list of systems to leave out (e.g. Gold)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (and judge seed)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0 = auto: the cores not already busy, at least 1)")
+                   help="torch CPU threads of this process (0 = auto: 1 with worker processes, else the cores not "
+                        "already busy, at least 1)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for the model scorers, 1 torch thread each (0 = one per CPU core, at most 4; "
+                        "1 = in this process)")
     return p
 
 

@@ -11,7 +11,9 @@ Everything goes through `pipeline.models.Policy`, so prompt format and the respo
 are exactly those of the policy code. One speed-up on top: the responses of one document share its prompt, so
 `grouped_logprobs` encodes each distinct prompt once (a causal model's KV cache, a seq2seq model's encoder
 output) and scores all of its responses against it; the online loop (K samples per prompt) and the validation
-harness (5 systems per document) both have this shape. It is tested equal to `Policy.logprobs`.
+harness (5 systems per document) both have this shape. For a causal model the responses are packed into one
+row after the prompt's cache (block attention mask, no padding). It is tested equal to `Policy.logprobs`.
+Sum and mean come from the same numbers (sum, n_tokens), memoised per model, so scorers on one model share them.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
 _POLICIES: dict[str, object] = {}
 _MEMO: dict[str, dict] = {}  # per loaded model: (document, response) -> (sum, n_tokens)
 _MEMO_LIMIT = 200_000
+# a packed row holds about batch_size targets of this many tokens (SmolLM2 on one CPU thread: 128 to 512 tokens
+# per row all cost the same within 3%; longer rows pay for the dense block mask in attention)
+PACK_TOKENS_PER_TARGET = 16
 
 
 def model_config(model):
@@ -45,14 +50,18 @@ def model_config(model):
     raise ValueError(f"loglik: model must be a name or a mapping of ModelConfig fields, got {type(model).__name__}")
 
 
-def get_policy(model):
-    """Load once per configuration: the agreement harness builds several loglik scorers on one model."""
+def model_key(model) -> str:
     import dataclasses
 
+    return json.dumps(dataclasses.asdict(model_config(model)), sort_keys=True)
+
+
+def get_policy(model):
+    """Load once per configuration: the agreement harness builds several loglik scorers on one model."""
     from pipeline.models import load_policy
 
     cfg = model_config(model)
-    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    key = model_key(cfg)
     if key not in _POLICIES:
         try:
             _POLICIES[key] = load_policy(cfg).eval()
@@ -66,9 +75,40 @@ def _chunks(seq, size):
         yield seq[i:i + size]
 
 
+def block_mask(lengths: list[int], n_prefix: int, dtype, device) -> torch.Tensor:
+    """Additive attention mask (1, 1, Q, n_prefix + Q), Q = sum(lengths), for sequences packed into one row
+    after a shared prefix: each token sees the whole prefix and the earlier tokens of its own sequence only."""
+    q = sum(lengths)
+    seq = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+    idx = torch.arange(q)
+    allowed = torch.cat([torch.ones(q, n_prefix, dtype=torch.bool),
+                         (seq[:, None] == seq[None, :]) & (idx[None, :] <= idx[:, None])], 1)
+    mask = torch.zeros(q, n_prefix + q, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
+
+
+def packed_chunks(lengths: list[int], budget: int):
+    """Consecutive index ranges whose total length stays within budget (a longer single item gets its own)."""
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            yield range(start, i)
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        yield range(start, len(lengths))
+
+
+def _packable(model) -> bool:
+    """Attention implementations that take a custom additive 4D mask (flash-attention kernels do not)."""
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
 @torch.inference_mode()
-def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size: int) -> list[tuple[float, int]]:
-    """(sum, n) of each target given one shared prompt, encoding the prompt once."""
+def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size: int,
+                 head=None) -> list[tuple[float, int]]:
+    """(sum, n) of each target given one shared prompt, encoding the prompt once. head: (n, KV cache) of the
+    prompt's first n tokens (causal models), to be extended rather than recomputed."""
     from pipeline.models import _pad, _token_logprobs
 
     model, dev = policy.model, policy.device
@@ -88,9 +128,41 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
             lp = torch.where(lmask.to(dev).bool(), _token_logprobs(logits, labels.to(dev)), 0.0)
             out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
         return out
-    pre = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(pre.logits[0, -1].float(), -1)  # predicts each response's first token
-    n_pre = len(prompt)
+    n_head, head_cache = (0, None) if head is None else (head[0], copy.deepcopy(head[1]))
+    pre = model(input_ids=torch.tensor([prompt[n_head:]], device=dev), past_key_values=head_cache, use_cache=True,
+                logits_to_keep=1)
+    first = torch.log_softmax(pre.logits[0, -1].float(), -1)  # predicts each target's first token
+    if not _packable(model):
+        return _score_padded(policy, pre, first, len(prompt), targets, batch_size)
+    # The targets are packed into ONE row after the prompt's cache (no padding, no per-target copies of the cache)
+    # with a block mask, so each target sees the prompt and its own earlier tokens only, and position ids that
+    # restart after the prompt for every target: the maths of one forward per target (tested). SmolLM2 on one CPU
+    # thread: 1.07x faster than padded batches for a document's 5 summaries, 1.3x for PMI's empty-document prompt.
+    n_pre, dtype = len(prompt), next(model.parameters()).dtype
+    # each target feeds all its tokens but the last (the first is predicted by the prompt, the last is only a label)
+    feeds = [t[:-1] for t in targets]
+    chunks = list(packed_chunks([len(f) for f in feeds], batch_size * PACK_TOKENS_PER_TARGET))
+    for k, chunk in enumerate(chunks):
+        lens = [len(feeds[i]) for i in chunk]
+        tok = torch.zeros(0, device=dev)
+        if sum(lens):
+            cache = pre.past_key_values if k == len(chunks) - 1 else copy.deepcopy(pre.past_key_values)
+            ids = torch.tensor([[x for i in chunk for x in feeds[i]]], device=dev)
+            pos = torch.tensor([[n_pre + j for n in lens for j in range(n)]], device=dev)
+            logits = model(input_ids=ids, attention_mask=block_mask(lens, n_pre, dtype, dev), position_ids=pos,
+                           past_key_values=cache).logits[0]
+            labels = torch.tensor([x for i in chunk for x in targets[i][1:]], device=dev)
+            tok = _token_logprobs(logits, labels)
+        for i, part in zip(chunk, tok.split(lens)):
+            out.append((float(first[targets[i][0]] + part.sum()), len(targets[i])))
+    return out
+
+
+def _score_padded(policy, pre, first, n_pre: int, targets: list[list[int]], batch_size: int) -> list[tuple[float, int]]:
+    """The same with right-padded batches over copies of the prompt's cache (attention without 4D masks)."""
+    from pipeline.models import _pad, _token_logprobs
+
+    model, dev, out = policy.model, policy.device, []
     for chunk in _chunks(targets, batch_size):
         labels, lmask = _pad(chunk, policy.pad_id, left=False)
         labels, lmask = labels.to(dev), lmask.to(dev)
@@ -115,13 +187,32 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
     for i, d in enumerate(documents):
         groups[d].append(i)
     targets = policy._response_ids(list(responses))
+    prompts = dict(zip(groups, policy._prompt_ids(list(groups))))
     sums, counts = [0.0] * len(responses), [0] * len(responses)
     with torch.inference_mode():
+        head = None
+        if not policy.is_seq2seq and len(prompts) > 1:
+            # the tokens every prompt starts with (chat template, system prompt, instruction: ~35 tokens for
+            # SmolLM2) are encoded once; at least one token of each prompt is left to run
+            n = _common_prefix_len(list(prompts.values()))
+            n = min([n] + [len(p) - 1 for p in prompts.values()])
+            if n >= 8:
+                first = next(iter(prompts.values()))
+                head = (n, policy.model(input_ids=torch.tensor([first[:n]], device=policy.device),
+                                        use_cache=True, logits_to_keep=1).past_key_values)
         for doc, idx in groups.items():
-            prompt = policy._prompt_ids([doc])[0]
-            for i, (s, n) in zip(idx, _score_group(policy, prompt, [targets[i] for i in idx], batch_size)):
+            scored = _score_group(policy, prompts[doc], [targets[i] for i in idx], batch_size, head)
+            for i, (s, n) in zip(idx, scored):
                 sums[i], counts[i] = s, n
     return sums, counts
+
+
+def _common_prefix_len(rows: list[list[int]]) -> int:
+    n = min(map(len, rows))
+    for k in range(n):
+        if any(r[k] != rows[0][k] for r in rows):
+            return k
+    return n
 
 
 def policy_logprobs(policy, documents, responses, batch_size: int = 16) -> tuple[list[float], list[int]]:
@@ -130,6 +221,13 @@ def policy_logprobs(policy, documents, responses, batch_size: int = 16) -> tuple
         return grouped_logprobs(policy, documents, responses, batch_size)
     total, _, n = policy.logprobs(list(documents), list(responses), batch_size=batch_size)
     return total.tolist(), n.tolist()
+
+
+def remember(model, documents, responses, sums, counts) -> None:
+    """Store (summed log-prob, n_tokens) computed elsewhere (the agreement harness's worker processes), so that
+    every loglik scorer on `model` in this process reuses them instead of recomputing."""
+    memo = _MEMO.setdefault(model_key(model), {})
+    memo.update(zip(zip(documents, responses), zip(sums, counts)))
 
 
 def build(spec: dict, ctx=None):

@@ -86,21 +86,25 @@ class SharedPrefixGenerator:
         out = [""] * len(parts)
         with torch.inference_mode():
             for pre, idx in groups.items():
+                cache = None  # the prefix's KV cache: computed once per group, shared by all its chunks
                 for s in range(0, len(idx), self.batch_size):
                     chunk = idx[s:s + self.batch_size]
-                    texts = self.greedy(list(pre), [encoded[i][1] for i in chunk])
+                    texts, cache = self.greedy(list(pre), [encoded[i][1] for i in chunk], cache)
                     for i, t in zip(chunk, texts):
                         out[i] = t
         return out
 
     @torch.inference_mode()
-    def greedy(self, prefix: list[int], suffixes: list[list[int]]) -> list[str]:
+    def greedy(self, prefix: list[int], suffixes: list[list[int]], prefix_cache=None) -> tuple[list[str], object]:
+        """Greedy answers to prefix + each suffix, and the prefix's KV cache (pass it back for the same prefix)."""
         from pipeline.models import _pad
 
         model, dev, pad, eos = self.policy.model, self.policy.device, self.policy.pad_id, self.policy.eos_id
-        pre = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True, logits_to_keep=1)
+        if prefix_cache is None:
+            prefix_cache = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True,
+                                 logits_to_keep=1).past_key_values
         b, n_pre = len(suffixes), len(prefix)
-        cache = copy.deepcopy(pre.past_key_values)
+        cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(b)
         # suffixes left-padded so every row's last real token is the last column; the pads sit between prefix
         # and suffix, masked out, and position ids skip them (as generate() does for left padding)
@@ -122,7 +126,8 @@ class SharedPrefixGenerator:
             step = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None],
                          past_key_values=cache, logits_to_keep=1)
             nxt = step.logits[:, -1].argmax(-1)
-        return [t.strip() for t in self.tok.batch_decode(torch.stack(new, 1), skip_special_tokens=True)]
+        texts = self.tok.batch_decode(torch.stack(new, 1), skip_special_tokens=True)
+        return [t.strip() for t in texts], prefix_cache
 
     def _seq2seq(self, prompts: list[str]) -> list[str]:
         out = []

@@ -155,3 +155,92 @@ def test_rouge_reproduces_paper_scores():
         ours = np.array(build_source({"name": "rouge", "variant": variant})(docs, hyps, refs))
         paper = np.array([r["paper_scores"][key] for r in rows])
         assert np.abs(ours - paper).mean() <= 0.01, key
+
+
+# ------------------------------------------------------------------ model scorers: fast paths vs plain computation
+
+
+@pytest.fixture
+def tiny_causal(make_policy, tmp_path):
+    """A saved random llama-tiny with large weights (log-probs and greedy answers depend on every input)."""
+    import torch
+
+    policy = make_policy("llama-tiny")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return policy, str(policy.save(tmp_path / "tiny"))
+
+
+def _toy_rows():
+    docs = ["The council said on monday that a new bridge in riverton would cost 12 million pounds.",
+            "Police said workers announced a strike.", "The mayor announced plans for 300 homes in may."]
+    summaries = [["A new bridge would cost 12 million pounds.", "", "The council said.", "bridge bridge"],
+                 ["Workers strike", "Police said workers announced a strike over pay.", "may", "The council."],
+                 ["Plans for 300 homes.", "The mayor announced plans for 300 new homes in riverton in may.", "homes",
+                  "Workers strike"]]  # a summary shared with another document: its PMI baseline is computed once
+    return [{"id": f"d{d}", "document": doc, "reference": "r", "system": f"s{k}", "summary": s,
+             "human_score": float(k)} for d, doc in enumerate(docs) for k, s in enumerate(summaries[d])]
+
+
+@pytest.mark.parametrize("mode", ["sdpa", "eager", "padded"])
+def test_packed_logprobs_equal_one_forward_per_summary(tiny_causal, mode, monkeypatch):
+    """The shared-prompt path (summaries packed into one row with a block mask; or padded batches, the fallback
+    for attention kernels without 4D masks) gives each summary's log-prob as computed on its own, one forward per
+    (document, summary), for chunks of several summaries and of one."""
+    from reward_sources import loglik
+
+    policy, _ = tiny_causal
+    rows = _toy_rows()
+    docs, summaries = [r["document"] for r in rows] + [""] * 3, [r["summary"] for r in rows] + ["", "may", "A b c"]
+    plain = [policy.logprobs([d], [s], batch_size=1) for d, s in zip(docs, summaries)]
+    total = np.array([float(t[0]) for t, _, _ in plain])
+    assert total.std() > 1.0  # the comparison is not vacuous
+    if mode == "padded":
+        monkeypatch.setattr(loglik, "_packable", lambda model: False)
+    else:
+        policy.model.set_attn_implementation(mode)
+    for batch_size in (16, 1):  # 16: all of a document's summaries in one packed row; 1: a row each
+        s, n = loglik.grouped_logprobs(policy, docs, summaries, batch_size=batch_size)
+        assert s == pytest.approx(total.tolist(), abs=1e-4)
+        assert n == [int(c[0]) for _, _, c in plain]
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # spawning costs ~20 s
+def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
+    """Log-probs and judge answers computed by the worker jobs (in process, or in 2 spawned processes) are those
+    of the plain path: per-summary Policy.logprobs for sum/mean/PMI, run_judge for the pairwise judge."""
+    from reward_sources import loglik
+
+    from eval.agreement import make_executor, run_judge, run_source, submit_model_work
+
+    policy, path = tiny_causal
+    rows = _toy_rows()
+    scorers = [("sum", "source", "loglik", {"model": path}),
+               ("mean", "source", "loglik", {"model": path, "reduce": "mean"}),
+               ("pmi", "source", "loglik", {"model": path, "pmi": True}),
+               ("judge", "judge", "pairwise_llm", {"model": path, "max_new_tokens": 3})]
+    loglik._MEMO.clear()
+    executor = make_executor(workers)
+    try:
+        jobs = submit_model_work(executor, scorers, rows, judge_docs=2, seed=0, docs_per_task=1,
+                                 summaries_per_task=5)
+        for label, *_ in scorers:
+            done = [job.finish(label) for job in jobs[label]]
+    finally:
+        executor.shutdown()
+    outcomes, raw = done[0]
+    assert len(jobs["pmi"]) == 2 and jobs["pmi"][0] is jobs["sum"][0]  # one set of log-probs for all three
+    memo = dict(loglik._MEMO[loglik.model_key(path)])
+    assert len(memo) == len(rows) + len({r["summary"] for r in rows})  # with and without the document
+    with_doc = [policy.logprobs([r["document"]], [r["summary"]], batch_size=1) for r in rows]
+    no_doc = [policy.logprobs([""], [r["summary"]], batch_size=1) for r in rows]
+    for (label, _, reg, spec), want in [
+            (scorers[0], [float(t[0]) for t, _, _ in with_doc]),
+            (scorers[1], [float(m[0]) for _, m, _ in with_doc]),
+            (scorers[2], [float(a[0] - b[0]) for (a, _, _), (b, _, _) in zip(with_doc, no_doc)])]:
+        assert run_source(label, reg, spec, rows).tolist() == pytest.approx(want, abs=1e-4), label
+    assert loglik._MEMO[loglik.model_key(path)] == memo  # nothing was recomputed: the scorers read the memo
+    _, plain_outcomes, plain_raw = run_judge("judge", "pairwise_llm", scorers[3][3], rows, judge_docs=2)
+    assert outcomes == plain_outcomes and raw == plain_raw and len(raw) == 12  # 2 documents x 6 pairs
