@@ -1,6 +1,7 @@
 """Shared fixtures: a small world tokenizer trained on generated text, and tiny policies built from config."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 
@@ -22,6 +23,19 @@ def generated_texts(n: int, seed: int = 0, length: int = 24) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(length // 2, length))).capitalize() + "."
             for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers():
+    """runner._setup_logging adds root handlers bound to a test's run dir and captured stderr: drop them after."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in before:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

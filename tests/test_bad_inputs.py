@@ -34,18 +34,6 @@ TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.na
         "online.k=3", "online.max_new_tokens=8", "online.epochs=1", "online.batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """runner._setup_logging adds root handlers bound to this test's (captured) stderr and run dir: drop them."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for h in root.handlers[:]:
-        if h not in before:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
-
 
 def cli(capsys, *argv) -> tuple[int, str]:
     """Exit code and the last stderr line of `python -m pipeline ...`, run in-process."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -47,17 +46,6 @@ def _digest(d: Path) -> str:
 def _leftovers(d: Path) -> list[str]:
     return sorted(p.name for p in d.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
 
-
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for h in root.handlers[:]:
-        if h not in before:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
 
 
 # ------------------------------------------------------------------ Policy.save

@@ -94,18 +94,6 @@ def server(monkeypatch):
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """runner._setup_logging adds root handlers bound to this test's run dir: drop them afterwards."""
-    root = logging.getLogger()
-    before, level = list(root.handlers), root.level
-    yield
-    for h in root.handlers[:]:
-        if h not in before:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
-
 
 def judge(server, **params):
     return build_judge("pairwise_http", {"base_url": server.url, "model": "judge-7b", "api_key_env": KEY_ENV,
