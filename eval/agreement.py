@@ -111,10 +111,6 @@ def doc_groups(rows: list[dict]) -> list[list[int]]:
     return list(groups.values())
 
 
-def all_pairs(groups: list[list[int]]) -> list[tuple[int, int]]:
-    return [p for g in groups for p in itertools.combinations(g, 2)]
-
-
 # ---------------------------------------------------------------------------- metrics
 
 

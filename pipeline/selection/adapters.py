@@ -34,7 +34,6 @@ scores + 32 PCA components of the encoder features, LCB / PRS width γ = 1, cros
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np

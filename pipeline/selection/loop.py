@@ -184,11 +184,6 @@ class Features:
         self.fitted = fitted
         return self._apply(raw, responses)
 
-    def transform(self, ctx: LabelContext, rows, responses) -> list[np.ndarray]:
-        if self.fitted is None:
-            return self.fit_transform(ctx, rows, responses)
-        return self._apply(self._raw(ctx, rows, responses), responses)
-
     def _apply(self, raw: dict, responses) -> list[np.ndarray]:
         parts = []
         if "scores" in raw:
