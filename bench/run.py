@@ -25,7 +25,9 @@ class Sizes:
     paper_prompts: int = 16
     judge_labels: int = 256
     judge_batch: int = 16         # the paper recipe's reward-model batch size
-    judge_rms: tuple = ((64, 1), (256, 4))  # (hidden, layers) of the random RMs: overhead-bound and compute-bound
+    # (hidden, layers, min document tokens) of the random RMs: overhead-bound and compute-bound, on the world's
+    # ~45-token documents and on article-length ones (XSum's are ~400 tokens)
+    judge_rms: tuple = ((64, 1, 0), (256, 4, 0), (256, 4, 400))
     ref_prompts: int = 64
     bon_prompts: int = 8
     bon_samples: int = 8          # K + N of the demo
@@ -37,7 +39,7 @@ class Sizes:
     new_tokens: int = 0           # sampling limit of sections 1, (3), (4); 0 = the recipes' (demo 40, paper 48)
 
 
-QUICK = Sizes(world_rows=300, demo_block=2, paper_prompts=4, judge_labels=16, judge_rms=((64, 1),), ref_prompts=8,
+QUICK = Sizes(world_rows=300, demo_block=2, paper_prompts=4, judge_labels=16, judge_rms=((64, 1, 0),), ref_prompts=8,
               bon_prompts=2, bon_samples=4, new_tokens=8,
               trl={"llama-tiny": {"prompts": 4, "batch": 2, "new_tokens": 8, "repeats": 1}}, repeats=1, ref_repeats=1)
 
@@ -133,9 +135,9 @@ def run_section(name: str, world, sz: Sizes, args, work: Path):
     profile = not args.no_profile
     demo_tokens, paper_tokens = sz.new_tokens or 40, sz.new_tokens or 48
     if name == "judge":
-        for dims in sz.judge_rms:
-            yield f"batched_judge[rm-{dims[0]}x{dims[1]}]", ratios.judge_batching(
-                world, sz.judge_labels, sz.judge_batch, tuple(dims), sz.repeats, work, profile)
+        for case in sz.judge_rms:
+            yield f"batched_judge[rm-{case[0]}x{case[1]}{'-long' if case[2] else ''}]", ratios.judge_batching(
+                world, sz.judge_labels, sz.judge_batch, tuple(case), sz.repeats, work, profile)
     elif name == "reference":
         yield "reference_precompute", ratios.reference_precompute(world, sz.ref_prompts, demo_tokens, sz.ref_repeats,
                                                                   profile)

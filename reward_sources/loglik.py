@@ -194,7 +194,7 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
         if not policy.is_seq2seq and len(prompts) > 1:
             # the tokens every prompt starts with (chat template, system prompt, instruction: ~35 tokens for
             # SmolLM2) are encoded once; at least one token of each prompt is left to run
-            n = _common_prefix_len(list(prompts.values()))
+            n = common_prefix_len(list(prompts.values()))
             n = min([n] + [len(p) - 1 for p in prompts.values()])
             if n >= 8:
                 first = next(iter(prompts.values()))
@@ -207,7 +207,7 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
     return sums, counts
 
 
-def _common_prefix_len(rows: list[list[int]]) -> int:
+def common_prefix_len(rows: list[list[int]]) -> int:
     n = min(map(len, rows))
     for k in range(n):
         if any(r[k] != rows[0][k] for r in rows):

@@ -8,14 +8,28 @@ Output: the single logit (num_labels == 1), or logit[1] - logit[0] for a two-cla
 Remote code is refused unless `trust_remote_code: true` (a hub repo's Python runs on your machine).
 Padding is on the right, so a causal RM's position ids and its last-token pooling do not depend on the batch:
 batched and one-at-a-time scores agree (tested).
+
+Speed: the judge scores K responses per document (K + N for a source), and the document is most of each input.
+For a decoder RM (transformers' generic `...ForSequenceClassification`: a base model plus a `score` head on the
+last non-pad token) the responses of one document are packed into one row after ONE copy of their shared token
+prefix, with a block attention mask (each response sees the prefix and its own earlier tokens) and position ids
+that restart after the prefix: the maths of one forward per response, with the document encoded once. Several
+documents share a row up to `pack_tokens`. The first packed call checks itself against the plain batched path
+and falls back (with a warning) if they differ, e.g. for an architecture whose attention ignores custom masks.
 """
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from reward_sources.rouge import check_batch, check_spec
 
-OPTIONS = {"model", "batch_size", "max_length", "trust_remote_code", "device"}
+log = logging.getLogger(__name__)
+OPTIONS = {"model", "batch_size", "max_length", "trust_remote_code", "device", "pack_tokens"}
+# tokens per packed row (a longer single document gets its own row). On one CPU thread rows of 128-512 tokens cost
+# the same per token; 1,024 is 1.1-1.4x slower (the dense block mask makes attention quadratic in the row), 2,048
+# 1.7-1.9x (random 4-layer RM, hidden 256, 8 responses per 45- or 400-token document; bench/ratios.py's inputs)
+PACK_TOKENS = 256
 USER_PREFIX = "Summarize: "
 
 
@@ -70,6 +84,9 @@ class RewardModelScorer:
         limit = self.tok.model_max_length if self.tok.model_max_length < 100_000 else 1024
         self.max_length = int(spec.get("max_length", min(limit, 1024)))
         self.chat = bool(getattr(self.tok, "chat_template", None))
+        self.pack_tokens = int(spec.get("pack_tokens", PACK_TOKENS))
+        # None: not yet checked against the plain path; False: packing is off for this model
+        self.packed_ok = None if self.pack_tokens > 0 and _packable(self.net) else False
 
     def _chat_text(self, document: str, summary: str) -> str:
         msgs = [{"role": "user", "content": USER_PREFIX + document}, {"role": "assistant", "content": summary}]
@@ -84,29 +101,123 @@ class RewardModelScorer:
         keep = max(0, len(doc_ids) - (n - self.max_length))
         return self.tok.decode(doc_ids[:keep], skip_special_tokens=True)
 
-    def _encode(self, documents, summaries):
+    def _encode(self, documents, summaries, pad: bool = True):
+        tensors = {"padding": True, "return_tensors": "pt"} if pad else {}
         if self.chat:
             texts = [self._chat_text(self._fit(d, s), s) for d, s in zip(documents, summaries)]
             # the template already holds the special tokens (bos etc.); adding them again would double them
-            return self.tok(texts, add_special_tokens=False, padding=True, truncation=True,
-                            max_length=self.max_length, return_tensors="pt")
-        return self.tok(list(documents), list(summaries), padding=True, truncation="only_first",
-                        max_length=self.max_length, return_tensors="pt")
+            return self.tok(texts, add_special_tokens=False, truncation=True, max_length=self.max_length, **tensors)
+        return self.tok(list(documents), list(summaries), truncation="only_first", max_length=self.max_length,
+                        **tensors)
 
     def __call__(self, documents, summaries) -> list[float]:
+        documents, summaries = [d or "" for d in documents], [s or "" for s in summaries]
+        if self.packed_ok is not False and len(set(documents)) < len(documents):
+            if self.packed_ok is None:
+                self._check_packing(documents, summaries)
+            if self.packed_ok:
+                return self._packed(documents, summaries)
+        return self._batched(documents, summaries)
+
+    def _batched(self, documents, summaries) -> list[float]:
         import torch
 
         out: list[float] = []
         device = next(self.net.parameters()).device
         for i in range(0, len(summaries), self.batch_size):
-            docs = [d or "" for d in documents[i:i + self.batch_size]]
-            sums = [s or "" for s in summaries[i:i + self.batch_size]]
-            enc = {k: v.to(device) for k, v in self._encode(docs, sums).items()}
-            with torch.no_grad():
-                logits = self.net(**enc).logits.float()
-            vals = logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
-            out += vals.tolist()
+            enc = self._encode(documents[i:i + self.batch_size], summaries[i:i + self.batch_size])
+            with torch.inference_mode():
+                logits = self.net(**{k: v.to(device) for k, v in enc.items()}).logits.float()
+            out += _reward(logits).tolist()
         return out
+
+    def _check_packing(self, documents, summaries) -> None:
+        doc = next(d for d in documents if documents.count(d) > 1)
+        sums = [s for d, s in zip(documents, summaries) if d == doc][:8]
+        try:
+            packed, plain = self._packed([doc] * len(sums), sums), self._batched([doc] * len(sums), sums)
+            diff = max(abs(a - b) / (1.0 + abs(b)) for a, b in zip(packed, plain))
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            diff, why = float("inf"), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        else:
+            why = f"scores differ by {diff:.1e}"
+        self.packed_ok = diff < 1e-3
+        if not self.packed_ok:
+            log.warning("reward_model %s: packed scoring does not match the plain forward (%s); scoring in plain "
+                        "padded batches", self.model_name, why)
+
+    def _packed(self, documents, summaries) -> list[float]:
+        """Each document's responses after one copy of their shared token prefix, several documents per row."""
+        import torch
+
+        from reward_sources.loglik import common_prefix_len, packed_chunks
+
+        ids = self._encode(documents, summaries, pad=False)["input_ids"]
+        pad = self.net.config.get_text_config().pad_token_id
+        # the head reads the last token that is not the pad token (transformers' pooling); later ones are inert
+        ids = [row[:_last_non_pad(row, pad) + 1] for row in ids]
+        groups: dict[str, list[int]] = {}
+        for i, d in enumerate(documents):
+            groups.setdefault(d, []).append(i)
+        segments = []  # (prefix ids, [(index, suffix ids)]): at least one token of every response is left to run
+        for idx in groups.values():
+            n = min([common_prefix_len([ids[i] for i in idx])] + [len(ids[i]) - 1 for i in idx])
+            segments.append((ids[idx[0]][:n], [(i, ids[i][n:]) for i in idx]))
+        out = [0.0] * len(summaries)
+        sizes = [len(p) + sum(len(s) for _, s in sfx) for p, sfx in segments]
+        base, device = getattr(self.net, self.net.base_model_prefix), next(self.net.parameters()).device
+        dtype = next(self.net.parameters()).dtype
+        for chunk in packed_chunks(sizes, self.pack_tokens):
+            row, pos, mask, ends, where = _pack([segments[j] for j in chunk], dtype)
+            with torch.inference_mode():
+                hidden = base(input_ids=torch.tensor([row], device=device), attention_mask=mask.to(device),
+                              position_ids=torch.tensor([pos], device=device)).last_hidden_state[0]
+                vals = _reward(self.net.score(hidden[ends]).float())
+            for i, v in zip(where, vals.tolist()):
+                out[i] = v
+        return out
+
+
+def _reward(logits):
+    return logits[:, 0] if logits.shape[-1] == 1 else logits[:, 1] - logits[:, 0]
+
+
+def _packable(net) -> bool:
+    """transformers' generic decoder classifier (its pooling is known) with an attention that takes 4D masks."""
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    return (isinstance(net, GenericForSequenceClassification)
+            and getattr(net.config, "_attn_implementation", None) in ("sdpa", "eager"))
+
+
+def _last_non_pad(row: list[int], pad) -> int:
+    return next((j for j in range(len(row) - 1, -1, -1) if row[j] != pad), len(row) - 1)
+
+
+def _pack(segments, dtype):
+    """One row of [prefix, suffix_1, ..., suffix_m] per segment: token ids, position ids, the additive mask
+    (1, 1, L, L), each suffix's last position, and the response index it belongs to."""
+    import torch
+
+    row, pos, seg, seq, ends, where = [], [], [], [], [], []
+    for g, (prefix, suffixes) in enumerate(segments):
+        row += prefix
+        pos += range(len(prefix))
+        seg += [g] * len(prefix)
+        seq += [-1] * len(prefix)
+        for k, (i, sfx) in enumerate(suffixes):
+            row += sfx
+            pos += range(len(prefix), len(prefix) + len(sfx))
+            seg += [g] * len(sfx)
+            seq += [k] * len(sfx)
+            ends.append(len(row) - 1)
+            where.append(i)
+    seg_t, seq_t, idx = torch.tensor(seg), torch.tensor(seq), torch.arange(len(row))
+    # a token sees earlier tokens of its own document's prefix and of its own response
+    allowed = ((seg_t[:, None] == seg_t[None, :]) & (idx[None, :] <= idx[:, None])
+               & ((seq_t[None, :] == -1) | (seq_t[None, :] == seq_t[:, None])))
+    mask = torch.zeros(len(row), len(row), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return row, pos, mask[None, None], ends, where
 
 
 def build_source(spec: dict, ctx=None):

@@ -272,6 +272,39 @@ def test_reward_model_batched_equals_single(tmp_path, arch, chat):
     assert judge.score(rows, resp, seed=0) == pytest.approx(batched, abs=1e-4)
 
 
+@pytest.mark.parametrize("arch,chat", [("llama", True), ("llama", False), ("bert", False)])
+def test_reward_model_packed_equals_single(tmp_path, arch, chat):
+    """Several responses per document (the judge's K per prompt): the decoder RM packs them after one shared
+    prefix and must give the one-at-a-time scores; the encoder RM cannot pack and must say so by falling back."""
+    from reward_sources.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer({"model": _tiny_reward_model(tmp_path, arch, chat), "pack_tokens": 40})
+    docs = ["the council said on monday that a new bridge in riverton would cost 12 million pounds",
+            "the mayor announced plans for 300 homes"]
+    resp = ["a new bridge would cost 12 million pounds", "workers strike", "", "the bridge",
+            "the mayor announced plans", "300 homes", "the mayor announced plans for 300 homes"]
+    rows = [docs[0]] * 4 + [docs[1]] * 3
+    packed = scorer(rows, resp)
+    assert scorer.packed_ok is (arch == "llama")
+    single = [scorer([d], [r])[0] for d, r in zip(rows, resp)]
+    assert packed == pytest.approx(single, abs=1e-4)
+    assert len(set(round(v, 3) for v in packed)) == len(resp)  # every response scored on its own
+    if arch == "llama":  # pack_tokens 40 splits the two documents into separate rows; a large budget joins them
+        scorer.pack_tokens = 1000
+        assert scorer(rows, resp) == pytest.approx(single, abs=1e-4)
+
+
+def test_reward_model_packing_falls_back_when_it_disagrees(tmp_path, caplog):
+    from reward_sources.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer({"model": _tiny_reward_model(tmp_path, "llama", True)})
+    rows, resp = ["police report workers strike"] * 3, ["workers strike", "police report", "strike"]
+    plain = scorer._batched(rows, resp)
+    scorer._packed = lambda d, s: [v + 1.0 for v in plain]  # a model whose attention ignored the block mask
+    assert scorer(rows, resp) == pytest.approx(plain)
+    assert scorer.packed_ok is False and "does not match the plain forward" in caplog.text
+
+
 def test_reward_model_chat_template_format(tmp_path):
     from reward_sources.reward_model import RewardModelScorer
 
