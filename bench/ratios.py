@@ -122,10 +122,9 @@ class LiveReference:
 
     def lookup(self, side: str, idx) -> torch.Tensor:
         if self.key != tuple(idx):
-            docs = [self.pairs[i][0]["document"] for i in idx]
-            resp = [self.pairs[i][1] for i in idx] + [self.pairs[i][2] for i in idx]
-            lp, _, _ = self.ref.logprobs(docs * 2, resp, batch_size=len(resp))
-            self.key, self.cache = tuple(idx), {"w": lp[: len(idx)], "l": lp[len(idx):]}
+            lp = self.ref.shared_logprobs([self.pairs[i][0]["document"] for i in idx],
+                                          [[self.pairs[i][1], self.pairs[i][2]] for i in idx], batch_size=len(idx))
+            self.key, self.cache = tuple(idx), {"w": lp[:, 0], "l": lp[:, 1]}
         return self.cache[side]
 
 

@@ -144,10 +144,8 @@ class Policy:
         with torch.inference_mode():
             for b, start in (distributed.shard(batches) if shard else batches):
                 chunk = rows[start: start + batch_size]
-                ids, mask = _pad([prompts[i] for i in chunk], self.pad_id, left=not self.is_seq2seq)
                 with _seeded(seed * 1_000_003 + b, self.device):
-                    out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                              generation_config=gen_cfg)
+                    out, ids = self._generate([prompts[i] for i in chunk], gen_cfg)
                 if not self.is_seq2seq:
                     out = out[:, ids.shape[1]:]  # causal outputs repeat the (left-padded) prompt
                 decoded.append((b, chunk, self.tokenizer.batch_decode(out, skip_special_tokens=True)))
@@ -157,6 +155,29 @@ class Policy:
             for i, text in zip(chunk, batch_texts):
                 texts[i].append(text.strip())
         return [texts[i] * k if greedy else texts[i] for i in range(len(documents))]
+
+    def _generate(self, prompts: list[list[int]], gen_cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """generate() on one batch of prompt rows; returns (output ids, padded prompt ids). A seq2seq model encodes
+        each distinct prompt of the batch once (its k samples are consecutive rows) and hands the copies of the
+        encoder output to generate(): K + N = 8 samples of one 128-token document cost one encoder pass, not 8."""
+        dev = self.device
+        if not self.is_seq2seq:
+            ids, mask = _pad(prompts, self.pad_id, left=True)
+            return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                       generation_config=gen_cfg), ids
+        from transformers.modeling_outputs import BaseModelOutput
+
+        distinct, copies = [], []  # copies[j]: which distinct prompt row j is
+        for j, p in enumerate(prompts):
+            if j == 0 or p != prompts[j - 1]:
+                distinct.append(p)
+            copies.append(len(distinct) - 1)
+        ids, mask = _pad(distinct, self.pad_id, left=False)
+        ids, mask, copies = ids.to(dev), mask.to(dev), torch.tensor(copies, device=dev)
+        hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[copies]),
+                                  attention_mask=mask[copies], generation_config=gen_cfg)
+        return out, ids
 
     # ------------------------------------------------------------------ scoring
     def _batch_logprobs(self, prompts: list[list[int]], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +222,88 @@ class Policy:
         inverse = inverse.to(self.device)
         total, count = torch.cat(sums)[inverse], torch.cat(counts)[inverse]
         return total, total / count, count
+
+    def shared_logprobs(self, documents: list[str], responses: list[list[str]], *, batch_size: int = 16,
+                        grad: bool = False) -> torch.Tensor:
+        """Summed log-probs (n, m) of m responses per document (chosen, rejected[, XPO's third]), the document
+        encoded once for all m: a seq2seq encoder runs once per document; a causal model reads one row
+        [prompt | response 1 | ... | response m] whose block mask lets each response see the prompt and its own
+        earlier tokens only, with positions restarting after the prompt (the maths of m separate rows; tested
+        equal to logprobs()). Attention kernels without custom masks (flash) take m separate rows instead."""
+        n = len(documents)
+        m = len(responses[0]) if responses else 0
+        if len(responses) != n or any(len(r) != m for r in responses):
+            raise ValueError(f"{n} documents need {n} lists of responses of one length")
+        if n == 0 or m == 0:
+            return torch.zeros(n, m)
+        core = getattr(self.model, "module", self.model)  # inside distributed.data_parallel: DDP's wrapped module
+        if not self.is_seq2seq and getattr(core.config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            flat, _, _ = self.logprobs([d for d in documents for _ in range(m)], [y for ys in responses for y in ys],
+                                       batch_size=batch_size * m, grad=grad)
+            return flat.view(n, m)
+        prompts = self._prompt_ids(documents)
+        targets = [self._response_ids(ys) for ys in responses]
+        order = sorted(range(n), key=lambda i: len(prompts[i]) + sum(map(len, targets[i])))
+        parts = []
+        with contextlib.nullcontext() if grad else torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start: start + batch_size]
+                step = self._shared_seq2seq if self.is_seq2seq else self._shared_causal
+                parts.append(step([prompts[i] for i in idx], [targets[i] for i in idx]))
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(n)
+        return torch.cat(parts)[inverse.to(self.device)]
+
+    def _shared_seq2seq(self, prompts: list[list[int]], targets: list[list[list[int]]]) -> torch.Tensor:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        dev, b, m = self.device, len(prompts), len(targets[0])
+        enc, emask = _pad(prompts, self.pad_id, left=False)
+        enc, emask = enc.to(dev), emask.to(dev)
+        # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages them
+        hidden = getattr(self.model, "module", self.model).get_encoder()(input_ids=enc, attention_mask=emask)
+        hidden = hidden.last_hidden_state
+        flat = [t for ts in targets for t in ts]
+        labels, lmask = _pad(flat, self.pad_id, left=False)
+        dec_in, _ = _pad([[self.start_id] + t[:-1] for t in flat], self.pad_id, left=False)
+        logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(m, 0)),
+                            attention_mask=emask.repeat_interleave(m, 0), decoder_input_ids=dec_in.to(dev),
+                            decoder_attention_mask=lmask.to(dev)).logits
+        lp = torch.where(lmask.to(dev).bool(), _token_logprobs(logits, labels.to(dev)), 0.0)
+        return lp.sum(-1).view(b, m)
+
+    def _shared_causal(self, prompts: list[list[int]], targets: list[list[list[int]]]) -> torch.Tensor:
+        """Row layout [left-padded prompt | slot 1 | ... | slot m], slot k = response k right-padded to the
+        batch's widest response k, so every slot starts at the same column in every row."""
+        dev, b, m = self.device, len(prompts), len(targets[0])
+        pids, pmask = _pad(prompts, self.pad_id, left=True)
+        width_p = pids.shape[1]
+        slots = [_pad([ts[k] for ts in targets], self.pad_id, left=False) for k in range(m)]
+        ids = torch.cat([pids] + [s[0] for s in slots], 1)
+        # column kind per row: -2 padding, -1 prompt, k response k
+        kind = torch.cat([torch.where(pmask.bool(), -1, -2)] + [torch.where(s[1].bool(), k, -2)
+                                                                for k, s in enumerate(slots)], 1)
+        plen = pmask.sum(-1, keepdim=True)
+        pos = torch.cat([(pmask.cumsum(-1) - 1).clamp(min=0)]
+                        + [plen + torch.arange(s[0].shape[1]).expand(b, -1) for s in slots], 1)
+        width = ids.shape[1]
+        col = torch.arange(width)
+        q, kv = kind[:, :, None], kind[:, None, :]
+        allowed = ((kv != -2) & (col[None, None, :] <= col[None, :, None]) & ((kv == -1) | (kv == q))
+                   | torch.eye(width, dtype=torch.bool)[None])  # padding sees itself: no all-masked rows (NaN)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(b, 1, width, width, dtype=dtype).masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                            logits_to_keep=width - width_p + 1).logits  # columns width_p - 1 .. end
+        out, offset = [], 0
+        for labels, lmask in slots:
+            w = labels.shape[1]
+            # a response's first token is predicted by the prompt's last column, its j-th by its own (j-1)-th
+            cols = torch.tensor([0] + list(range(offset + 1, offset + w)), device=dev)
+            lp = _token_logprobs(logits[:, cols], labels.to(dev))
+            out.append(torch.where(lmask.to(dev).bool(), lp, 0.0).sum(-1))
+            offset += w
+        return torch.stack(out, 1)
 
     # ------------------------------------------------------------------ plumbing
     def train(self):

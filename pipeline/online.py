@@ -126,16 +126,12 @@ def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> No
                 batch = len(idx)
                 mine = distributed.shard(idx)
                 share, idx = (len(mine), mine) if mine else (0, idx[:1])
-            docs = [pairs[i][0]["document"] for i in idx]
-            resp = [pairs[i][1] for i in idx] + [pairs[i][2] for i in idx]
-            if cfg.loss == "xpo":
-                resp += [pairs[i][3] for i in idx]
-            lp, _, _ = policy.logprobs(docs * (len(resp) // len(idx)), resp, batch_size=len(resp), grad=True)
-            n = len(idx)
+            m = 3 if cfg.loss == "xpo" else 2  # chosen, rejected (and XPO's own sample), one prompt encoding
+            lp = policy.shared_logprobs([pairs[i][0]["document"] for i in idx], [list(pairs[i][1:1 + m]) for i in idx],
+                                        batch_size=len(idx), grad=True)
             loss, stats = preference_loss(
-                cfg.loss, lp[:n], lp[n : 2 * n], ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device), cfg.beta,
-                cfg.xpo_alpha,
-                lp[2 * n :] if cfg.loss == "xpo" else None)
+                cfg.loss, lp[:, 0], lp[:, 1], ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device), cfg.beta,
+                cfg.xpo_alpha, lp[:, 2] if cfg.loss == "xpo" else None)
             if world > 1:  # DDP averages gradients over processes: scaled so the average is the batch mean
                 loss = loss * (share * world / batch)
                 whole = distributed.all_sum(torch.tensor([loss.item(), stats["margin"] * share,
@@ -162,12 +158,12 @@ def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> No
 def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelConfig | None) -> dict:
     """Once per iteration, before the update, so no reference model is held in memory during it."""
     ref_model = policy if initial is None else load_policy(initial)
-    docs = [p[0]["document"] for p in pairs]
-    w, _, _ = ref_model.logprobs(docs, [p[1] for p in pairs])
-    l, _, _ = ref_model.logprobs(docs, [p[2] for p in pairs])
+    if not pairs:
+        return {"w": torch.zeros(0), "l": torch.zeros(0)}
+    lp = ref_model.shared_logprobs([p[0]["document"] for p in pairs], [[p[1], p[2]] for p in pairs])
     if ref_model is not policy:
         del ref_model
-    return {"w": w.detach(), "l": l.detach()}
+    return {"w": lp[:, 0].detach(), "l": lp[:, 1].detach()}
 
 
 def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: LabelStore, scorers: dict,

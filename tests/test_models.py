@@ -50,6 +50,32 @@ def test_logprobs_equal_manual_computation(make_policy, shape):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("shape,attn", [("t5-tiny", None), ("llama-tiny", "sdpa"), ("llama-tiny", "eager")])
+def test_shared_logprobs_equal_separate_rows(make_policy, shape, attn):
+    """Chosen, rejected and a third response per document, the document encoded once (the update's and the
+    reference's layout): the same numbers as one row per (document, response), and gradients to match."""
+    policy = make_policy(shape)
+    if attn:
+        policy.model.config._attn_implementation = attn
+    groups = [[RESPONSES[i], RESPONSES[(i + 1) % 5], RESPONSES[(i + 3) % 5]] for i in range(5)]
+    manual = torch.stack([torch.stack([manual_logprobs(policy, d, y).sum() for y in ys])
+                          for d, ys in zip(DOCS, groups)])
+    shared = policy.shared_logprobs(DOCS, groups, batch_size=2)  # padded prompts and slots, order restored
+    assert shared.shape == (5, 3)
+    torch.testing.assert_close(shared, manual, atol=1e-4, rtol=1e-5)
+    g = policy.shared_logprobs(DOCS, groups, batch_size=5, grad=True)
+    g.sum().backward()
+    shared_grads = [p.grad.clone() for p in policy.parameters()]
+    policy.model.zero_grad()
+    flat, _, _ = policy.logprobs([d for d in DOCS for _ in range(3)], [y for ys in groups for y in ys], grad=True)
+    flat.sum().backward()
+    for a, b in zip(shared_grads, (p.grad for p in policy.parameters())):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="lists of responses of one length"):
+        policy.shared_logprobs(DOCS[:2], [["a", "b"], ["c"]])
+
+
 @pytest.mark.parametrize("shape", ["t5-tiny", "llama-tiny"])
 def test_sample_shapes_determinism_and_greedy(make_policy, shape):
     policy = make_policy(shape)
