@@ -6,6 +6,8 @@ Under a launcher (WORLD_SIZE > 1) accelerate's PartialState joins the process gr
 present, gloo on CPU. Who does what:
 - generation: prompt batches are dealt round-robin to processes and the samples gathered (Policy.sample);
 - judge + label store (SQLite) + selector: the main process only; its results are broadcast (`on_main`);
+- source scoring, asked for by the main process while it labels: the other processes serve its
+  `parallel_map` calls, each scoring a contiguous share of the responses (`on_main(..., serve=...)`);
 - SFT and preference updates: the model wrapped by accelerate (DDP), each process takes its share of every
   batch and the gradients are averaged; checkpoints and stage outputs are written by the main process only,
   and everyone waits for them (`barrier`).
@@ -92,23 +94,73 @@ def broadcast(obj):
     return broadcast_object_list([obj])[0]
 
 
-def on_main(fn, *args, **kwargs):
+_SERVED: dict | None = None  # on the main process, while the others serve its parallel_map calls
+
+
+def on_main(fn, *args, serve: dict | None = None, **kwargs):
     """fn(*args) on the main process only; its result (or its exception) on every process.
 
     An exception is re-raised everywhere, so a judge failure stops all processes instead of leaving the
-    others waiting at the next collective."""
+    others waiting at the next collective. serve = {name: handler(items) -> one result per item}: while the
+    main process runs fn, the others answer its `parallel_map(name, ...)` calls with their share of the items
+    (every process must pass handlers for the same names)."""
+    global _SERVED
     if world_size() == 1:
         return fn(*args, **kwargs)
     out = None
     if is_main():
+        _SERVED = serve
         try:
             out = ("ok", fn(*args, **kwargs))
         except Exception as e:  # noqa: BLE001  (re-raised below, on every process)
             out = ("error", e)
+        finally:
+            _SERVED = None
+            if serve is not None:
+                broadcast((None, None))  # the others stop serving
+    elif serve is not None:
+        _serve(serve)
     kind, value = broadcast(out)
     if kind == "error":
         raise value
     return value
+
+
+def _serve(handlers: dict) -> None:
+    while True:
+        name, items = broadcast(None)
+        if name is None:
+            return
+        try:
+            part = ("ok", handlers[name](_share(items, rank(), world_size())) if items else [])
+        except Exception as e:  # noqa: BLE001  (raised on the main process, which then stops everyone)
+            part = ("error", e)
+        gather(part)
+
+
+def _share(items: list, rank_: int, world: int) -> list:
+    """A contiguous share (unlike `shard`): a document's responses stay together, so a log-lik source still
+    encodes each prompt once."""
+    return items[rank_ * len(items) // world:(rank_ + 1) * len(items) // world]
+
+
+def parallel_map(name: str, handler, items: list) -> tuple[list, list[int]]:
+    """(handler over items, items done per process). Inside on_main(..., serve={name: ...}) every process
+    does its share; anywhere else this process does all."""
+    if _SERVED is None or world_size() == 1 or not items:
+        return (handler(items) if items else []), [len(items)]
+    broadcast((name, items))
+    world = world_size()
+    mine = _share(items, 0, world)
+    try:
+        part = ("ok", handler(mine) if mine else [])
+    except Exception as e:  # noqa: BLE001
+        part = ("error", e)
+    parts = gather(part)
+    for kind, value in parts:
+        if kind == "error":
+            raise value
+    return [v for _, value in parts for v in value], [len(_share(items, r, world)) for r in range(world)]
 
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:

@@ -177,9 +177,11 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
                             seed=cfg.seed * 1000 + t, shard=True)
     timings["generate_s"] = time.time() - t0
     crash_point("generate")
-    # judge, label store and selector: the main process only; every process gets its pairs
+    # judge, label store and selector: the main process only, the others scoring their share of what it asks;
+    # every process gets the pairs
+    cache = ScoreCache(scorers)
     responses, scores, arm_rows, judge_stats, pairs, dropped = distributed.on_main(
-        _label, t, rows, samples, judge, store, scorers, selector, cfg, rng, timings)
+        _label, t, rows, samples, judge, store, cache, selector, cfg, rng, timings, serve=cache.handlers())
     t2 = time.time()
     ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
     timings["reference_s"] = time.time() - t2
@@ -193,9 +195,8 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
                                timings, judge, store, selector, cfg, n_pool)
 
 
-def _label(t, rows, samples, judge, store, scorers, selector, cfg, rng, timings):
+def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
     """Transfer and judge labels block by block (selector chooses the arm), then the iteration's pairs."""
-    cache = ScoreCache(scorers)
     selector.new_iteration(t)
     block = selector.block_size or len(rows)
     responses, scores, arm_rows = [], [], []
@@ -223,6 +224,8 @@ def _label(t, rows, samples, judge, store, scorers, selector, cfg, rng, timings)
         scores += bscores
         crash_point("judge")
     timings["transfer_and_label_s"] = time.time() - t1
+    if cache.items_per_process:
+        timings["source_items_per_process"] = cache.items_per_process
     failure_rate = judge_stats["failed"] / max(judge_stats["labels"], 1)
     if judge_stats["failed"]:
         log.warning("iteration %d: %d of %d judge answers failed (recorded as NULL in labels.sqlite)", t,

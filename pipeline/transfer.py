@@ -24,25 +24,38 @@ def arm_names(sources: list[dict]) -> list[str]:
     return names
 
 
+def score_items(scorer, arm: str):
+    """A handler over (document, response, reference) items: the source's scores as floats, checked."""
+    def run(items: list[tuple]) -> list[float]:
+        vals = scorer([d for d, _, _ in items], [y for _, y, _ in items], [ref for _, _, ref in items])
+        if len(vals) != len(items):
+            raise ValueError(f"source '{arm}' returned {len(vals)} scores for {len(items)} responses")
+        return [float(v) for v in vals]
+    return run
+
+
 class ScoreCache:
-    """Source scores per (source, prompt id, response) within one iteration."""
+    """Source scores per (source, prompt id, response) within one iteration. Under several processes the scoring
+    is shared out (distributed.parallel_map); `items_per_process` counts who scored how many."""
 
     def __init__(self, scorers: dict):
-        self.scorers, self.cache = scorers, {}
+        self.scorers, self.cache, self.items_per_process = scorers, {}, []
+
+    def handlers(self) -> dict:
+        return {arm: score_items(fn, arm) for arm, fn in self.scorers.items()}
 
     def scores(self, arm: str, rows: list[dict], responses: list[list[str]]) -> list[list[float]]:
-        flat = [(r, y) for r, ys in zip(rows, responses) for y in ys]
+        from pipeline import distributed
+
         todo = {}
-        for r, y in flat:
-            if (arm, r["id"], y) not in self.cache:
-                todo[(arm, r["id"], y)] = (r, y)
+        for r, ys in zip(rows, responses):
+            for y in ys:
+                if (arm, r["id"], y) not in self.cache:
+                    todo[(arm, r["id"], y)] = (r["document"], y, r["summary"])
         if todo:
-            items = list(todo.values())
-            vals = self.scorers[arm]([r["document"] for r, _ in items], [y for _, y in items],
-                                     [r["summary"] for r, _ in items])
-            if len(vals) != len(items):
-                raise ValueError(f"source '{arm}' returned {len(vals)} scores for {len(items)} responses")
-            self.cache.update(zip(todo, map(float, vals)))
+            vals, done = distributed.parallel_map(arm, score_items(self.scorers[arm], arm), list(todo.values()))
+            self.cache.update(zip(todo, vals))
+            self.items_per_process = [a + b for a, b in zip(self.items_per_process, done)] or done
         return [[self.cache[(arm, r["id"], y)] for y in ys] for r, ys in zip(rows, responses)]
 
 

@@ -86,6 +86,19 @@ def test_sharded_sampling_equals_unsharded(make_policy, monkeypatch):
     assert policy.sample(docs, 3, shard=True, **kw) == plain  # "rank 0" with rank 1's batches gathered
 
 
+def test_parallel_map_one_process_and_simulated_share(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    double = lambda xs: [2 * x for x in xs]  # noqa: E731
+    assert distributed.parallel_map("x", double, [1, 2, 3]) == ([2, 4, 6], [3])
+    assert distributed.parallel_map("x", double, []) == ([], [0])
+    # serving with one process is plain on_main; the handler runs here
+    assert distributed.on_main(lambda: distributed.parallel_map("x", double, [5]), serve={"x": double}) == ([10], [1])
+    items = list(range(11))
+    for world in (2, 3, 4):
+        shares = [distributed._share(items, r, world) for r in range(world)]
+        assert [x for s in shares for x in s] == items and max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
 # ---------------------------------------------------------------------- slow: 2 processes vs 1
 
 RECIPE = """\
@@ -157,6 +170,10 @@ def test_two_processes_store_the_labels_of_one(tmp_path):
         assert (m1["world_size"], m2["world_size"]) == (1, 2)
         assert m2["labels_this_iteration"] == m1["labels_this_iteration"]
         assert m2["loss_last"] == pytest.approx(m1["loss_last"], abs=1e-5)  # DDP average = the batch mean
+        # rouge scored the pools in both processes (contiguous halves of what the main process asked for)
+        n = sum(m1["source_items_per_process"])
+        assert len(m1["source_items_per_process"]) == 1 and n > 0
+        assert m2["source_items_per_process"] == [n // 2, n - n // 2]
     s1, s2 = (json.loads((r / "sft" / "metrics.json").read_text()) for r in (one, two))
     assert s2["train_loss_last"] == pytest.approx(s1["train_loss_last"], abs=1e-5)
     # written once, by the main process: one log line per logged step, no per-rank files
