@@ -8,6 +8,7 @@ present, gloo on CPU. Who does what:
 - judge + label store (SQLite) + selector: the main process only; its results are broadcast (`on_main`);
 - source scoring, asked for by the main process while it labels: the other processes serve its
   `parallel_map` calls, each scoring a contiguous share of the responses (`on_main(..., serve=...)`);
+- reference log-probs: each process scores its share of the pairs, gathered;
 - SFT and preference updates: the model wrapped by accelerate (DDP), each process takes its share of every
   batch and the gradients are averaged; checkpoints and stage outputs are written by the main process only,
   and everyone waits for them (`barrier`).

@@ -158,12 +158,13 @@ def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> No
 def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelConfig | None) -> dict:
     """Once per iteration, before the update, so no reference model is held in memory during it."""
     ref_model = policy if initial is None else load_policy(initial)
-    if not pairs:
-        return {"w": torch.zeros(0), "l": torch.zeros(0)}
-    lp = ref_model.shared_logprobs([p[0]["document"] for p in pairs], [[p[1], p[2]] for p in pairs])
+    # each process scores its share of the pairs; everyone gets all
+    mine = distributed.shard(list(range(len(pairs))))
+    lp = ref_model.shared_logprobs([pairs[i][0]["document"] for i in mine], [[pairs[i][1], pairs[i][2]] for i in mine])
     if ref_model is not policy:
         del ref_model
-    return {"w": lp[:, 0].detach(), "l": lp[:, 1].detach()}
+    lp = torch.tensor(distributed.unshard(distributed.gather(lp.tolist()), len(pairs)), dtype=torch.float32)
+    return {"w": lp[:, 0], "l": lp[:, 1]} if pairs else {"w": torch.zeros(0), "l": torch.zeros(0)}
 
 
 def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: LabelStore, scorers: dict,
