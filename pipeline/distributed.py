@@ -5,9 +5,9 @@ accelerate's state is never created, so the single-process path is exactly what 
 Under a launcher (WORLD_SIZE > 1) accelerate's PartialState joins the process group: NCCL when CUDA is
 present, gloo on CPU. Who does what:
 - generation: prompt batches are dealt round-robin to processes and the samples gathered (Policy.sample);
-- judge + label store (SQLite) + selector: the main process only; its results are broadcast (`on_main`);
-- source scoring, asked for by the main process while it labels: the other processes serve its
-  `parallel_map` calls, each scoring a contiguous share of the responses (`on_main(..., serve=...)`);
+- label store (SQLite) + selector + judge calls: the main process only; its results are broadcast (`on_main`);
+- source scoring and a shardable judge's scoring, asked for by the main process while it labels: the other
+  processes serve its `parallel_map` calls, each taking a contiguous share (`on_main(..., serve=...)`);
 - reference log-probs: each process scores its share of the pairs, gathered;
 - SFT and preference updates: the model wrapped by accelerate (DDP), each process takes its share of every
   batch and the gradients are averaged; checkpoints and stage outputs are written by the main process only,

@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from pipeline import distributed
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -34,6 +36,11 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
+def judge_handler(judge):
+    """(row, response, seed) items -> a scalar judge's scores: what each process runs for its share."""
+    return lambda items: judge.score([i[0] for i in items], [i[1] for i in items], seed=items[0][2])
+
+
 class LabelStore:
     chunk = 256  # queries per judge call and commit
 
@@ -47,6 +54,7 @@ class LabelStore:
         self.db.commit()
         self.asked = 0  # queries sent to a judge by this process
         self.reused = 0  # answers served from the store
+        self.judged_per_process: list[int] = []  # scalar queries each process answered (online resets it)
 
     def _lookup(self, keys: list[str]) -> dict[str, float | None]:
         """Stored answers; a stored failure (NULL) is not returned, so a rerun asks that query again."""
@@ -113,8 +121,15 @@ class LabelStore:
         return clean, raws
 
     def scalar(self, judge, rows: list[dict], responses: list[str], iteration, seed: int = 0) -> list[float | None]:
-        return self._label(judge, "scalar", rows, responses, [None] * len(responses), iteration, seed,
-                           lambda r, a, _b: judge.score(r, a, seed=seed))
+        def ask(r, a, _b):
+            if not getattr(judge, "shardable", False):
+                return judge.score(r, a, seed=seed)
+            # inside online's on_main(serve=...) the other processes answer their share; elsewhere this one
+            answers, done = distributed.parallel_map("judge", judge_handler(judge), list(zip(r, a, [seed] * len(a))))
+            self.judged_per_process = [x + y for x, y in zip(self.judged_per_process, done)] or done
+            return answers
+
+        return self._label(judge, "scalar", rows, responses, [None] * len(responses), iteration, seed, ask)
 
     def pairwise(self, judge, rows: list[dict], a: list[str], b: list[str], iteration, seed: int = 0):
         return self._label(judge, "pairwise", rows, a, b, iteration, seed,

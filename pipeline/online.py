@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pipeline import distributed
 from pipeline.config import ModelConfig, OnlineConfig
 from pipeline.durable import atomic_write_text, crash_point
-from pipeline.labels import LabelStore
+from pipeline.labels import LabelStore, judge_handler
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
 from pipeline.sft import lr_lambda
@@ -181,8 +181,9 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     # judge, label store and selector: the main process only, the others scoring their share of what it asks;
     # every process gets the pairs
     cache = ScoreCache(scorers)
+    serve = cache.handlers() | ({"judge": judge_handler(judge)} if getattr(judge, "shardable", False) else {})
     responses, scores, arm_rows, judge_stats, pairs, dropped = distributed.on_main(
-        _label, t, rows, samples, judge, store, cache, selector, cfg, rng, timings, serve=cache.handlers())
+        _label, t, rows, samples, judge, store, cache, selector, cfg, rng, timings, serve=serve)
     t2 = time.time()
     ref = reference_logprobs(policy, pairs, cfg, initial if cfg.reference == "initial" else None)
     timings["reference_s"] = time.time() - t2
@@ -203,6 +204,7 @@ def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
     responses, scores, arm_rows = [], [], []
     judge_stats = {"labels": 0, "failed": 0}  # selectors that pay per teacher add "cost"
     t1 = time.time()
+    store.judged_per_process = []  # this iteration's
     for b, start in enumerate(tqdm(range(0, len(rows), block), desc=f"iter {t} label", leave=False)):
         brows, bsamples = rows[start : start + block], samples[start : start + block]
         arm, value = selector.choose()
@@ -227,6 +229,8 @@ def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
     timings["transfer_and_label_s"] = time.time() - t1
     if cache.items_per_process:
         timings["source_items_per_process"] = cache.items_per_process
+    if store.judged_per_process:
+        timings["judge_items_per_process"] = store.judged_per_process
     failure_rate = judge_stats["failed"] / max(judge_stats["labels"], 1)
     if judge_stats["failed"]:
         log.warning("iteration %d: %d of %d judge answers failed (recorded as NULL in labels.sqlite)", t,

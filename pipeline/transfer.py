@@ -42,7 +42,7 @@ class ScoreCache:
         self.scorers, self.cache, self.items_per_process = scorers, {}, []
 
     def handlers(self) -> dict:
-        return {arm: score_items(fn, arm) for arm, fn in self.scorers.items()}
+        return {f"source:{arm}": score_items(fn, arm) for arm, fn in self.scorers.items()}
 
     def scores(self, arm: str, rows: list[dict], responses: list[list[str]]) -> list[list[float]]:
         from pipeline import distributed
@@ -53,7 +53,8 @@ class ScoreCache:
                 if (arm, r["id"], y) not in self.cache:
                     todo[(arm, r["id"], y)] = (r["document"], y, r["summary"])
         if todo:
-            vals, done = distributed.parallel_map(arm, score_items(self.scorers[arm], arm), list(todo.values()))
+            vals, done = distributed.parallel_map(f"source:{arm}", score_items(self.scorers[arm], arm),
+                                                  list(todo.values()))
             self.cache.update(zip(todo, vals))
             self.items_per_process = [a + b for a, b in zip(self.items_per_process, done)] or done
         return [[self.cache[(arm, r["id"], y)] for y in ys] for r, ys in zip(rows, responses)]

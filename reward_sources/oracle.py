@@ -45,6 +45,7 @@ def _gumbel(*key) -> float:
 
 class OracleJudge:
     kind = "scalar"
+    shardable = True  # each score is a pure function of (row, response, seed): processes may split a batch
 
     def __init__(self, persona: str = "default", teacher: str | None = None, temperature: float | None = None,
                  weights: dict | None = None):

@@ -235,6 +235,7 @@ class RewardModelJudge:
     """The paper's simulated human: a scalar RM scores each response (labels = comparisons of scores)."""
 
     kind = "scalar"
+    shardable = True  # each score is a pure function of (row, response): processes may split a batch
 
     def __init__(self, params: dict):
         self.scorer = RewardModelScorer(dict(params), "reward_model judge")

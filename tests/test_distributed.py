@@ -174,6 +174,10 @@ def test_two_processes_store_the_labels_of_one(tmp_path):
         n = sum(m1["source_items_per_process"])
         assert len(m1["source_items_per_process"]) == 1 and n > 0
         assert m2["source_items_per_process"] == [n // 2, n - n // 2]
+        # the oracle judge is shardable: both processes answered queries, and the labels above are still equal
+        assert len(m1["judge_items_per_process"]) == 1 and len(m2["judge_items_per_process"]) == 2
+        assert sum(m2["judge_items_per_process"]) == sum(m1["judge_items_per_process"]) > 0
+        assert min(m2["judge_items_per_process"]) > 0
     s1, s2 = (json.loads((r / "sft" / "metrics.json").read_text()) for r in (one, two))
     assert s2["train_loss_last"] == pytest.approx(s1["train_loss_last"], abs=1e-5)
     # written once, by the main process: one log line per logged step, no per-rank files
