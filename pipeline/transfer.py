@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import random
 
+from pipeline import distributed
+
 SELF = "self"
 
 
@@ -45,8 +47,6 @@ class ScoreCache:
         return {f"source:{arm}": score_items(fn, arm) for arm, fn in self.scorers.items()}
 
     def scores(self, arm: str, rows: list[dict], responses: list[list[str]]) -> list[list[float]]:
-        from pipeline import distributed
-
         todo = {}
         for r, ys in zip(rows, responses):
             for y in ys:
