@@ -89,16 +89,18 @@ def train_all(recipe: Recipe, rows: list[dict], judge, scorers: dict) -> None:
 
 
 def sample_all(recipe: Recipe, labels: list[str], rows: list[dict]) -> dict:
-    """One sample per test prompt for every (method, seed, iteration), cached on disk."""
+    """eval.samples_per_prompt samples per test prompt for every (method, seed, iteration), cached on disk."""
     from pipeline.models import load_policy
 
     out = {}
+    name = "test_samples.json" if recipe.eval.samples_per_prompt == 1 else \
+        f"test_samples_x{recipe.eval.samples_per_prompt}.json"
     for label in labels:
         for seed in recipe.table.seeds:
             for t in range(1, recipe.online.iterations + 1):
-                cache = run_dir(recipe, label, seed) / "online" / f"iter_{t}" / "test_samples.json"
-                if cache.exists():
-                    out[(label, seed, t)] = json.loads(cache.read_text())
+                cache = run_dir(recipe, label, seed) / "online" / f"iter_{t}" / name
+                if cache.exists():  # an older run's cache holds one string per prompt
+                    out[(label, seed, t)] = [[y] if isinstance(y, str) else y for y in json.loads(cache.read_text())]
                     continue
                 policy = load_policy(policy_config(recipe, cache.parent / "model"))
                 resp = winrate.sample_test(policy, rows, recipe.eval, recipe.online.gen_batch_size, seed)

@@ -1,8 +1,9 @@
 """Head-to-head win rates between policies on held-out prompts, under a judge, over several seeds.
 
-Per seed each policy samples one response per test prompt; a scalar judge scores both (a > b wins, equal
-scores count 0.5), a pairwise judge is asked both orders (disagreement = 0.5, failures dropped and
-counted). Per-seed rows carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
+Per seed each policy samples `eval.samples_per_prompt` responses per test prompt (default one); a scalar judge
+scores both (a > b wins, equal scores count 0.5), a pairwise judge is asked both orders (disagreement = 0.5,
+failures dropped and counted). With several samples, the j-th of a meets the j-th of b and the prompt's outcome is
+their mean: the per-seed noise of sampling shrinks while prompts stay the independent unit. Per-seed rows carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
 averaging each prompt's outcomes over seeds (seeds share prompts, so prompts are the independent unit).
 """
 from __future__ import annotations
@@ -27,20 +28,32 @@ def mean_ci(x) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def sample_test(policy, rows: list[dict], ev, batch_size: int, seed: int) -> list[str]:
-    """One response per test prompt. The sampling seed depends on the eval seed alone, so every policy shares
-    random numbers: a paired comparison in which identical policies give identical samples (ties)."""
-    return [s[0] for s in policy.sample([r["document"] for r in rows], 1, temperature=ev.temperature,
-                                        max_new_tokens=ev.max_new_tokens, batch_size=batch_size, seed=10_000 + seed)]
+def sample_test(policy, rows: list[dict], ev, batch_size: int, seed: int) -> list[list[str]]:
+    """ev.samples_per_prompt responses per test prompt. The sampling seed depends on the eval seed alone, so every
+    policy shares random numbers: a paired comparison in which identical policies give identical samples (ties)."""
+    if ev.samples_per_prompt < 1:
+        raise ValueError(f"eval.samples_per_prompt must be >= 1, got {ev.samples_per_prompt}")
+    return policy.sample([r["document"] for r in rows], ev.samples_per_prompt, temperature=ev.temperature,
+                         max_new_tokens=ev.max_new_tokens, batch_size=batch_size, seed=10_000 + seed)
 
 
-def outcomes(store: LabelStore, judge, rows, a: list[str], b: list[str], seed: int, tag: str = "eval") -> list:
-    """Per-prompt outcome of a vs b in [0, 1], or None where the judge failed."""
+def outcomes(store: LabelStore, judge, rows, a: list[list[str]], b: list[list[str]], seed: int,
+             tag: str = "eval") -> list:
+    """Per-prompt outcome of a vs b in [0, 1] (the mean over paired samples whose judging succeeded), or None
+    where the judge failed on every pair of that prompt."""
+    pairs = [(i, x, y) for i, (xs, ys) in enumerate(zip(a, b)) for x, y in zip(xs, ys)]
+    flat_rows, xa, yb = [rows[i] for i, _, _ in pairs], [x for _, x, _ in pairs], [y for _, _, y in pairs]
     if judge.kind == "scalar":
-        sa = store.scalar(judge, rows, a, tag, seed)
-        sb = store.scalar(judge, rows, b, tag, seed)
-        return [None if x is None or y is None else (1.0 if x > y else 0.5 if x == y else 0.0) for x, y in zip(sa, sb)]
-    return store.pairwise(judge, rows, a, b, tag, seed)
+        sa = store.scalar(judge, flat_rows, xa, tag, seed)
+        sb = store.scalar(judge, flat_rows, yb, tag, seed)
+        flat = [None if x is None or y is None else (1.0 if x > y else 0.5 if x == y else 0.0) for x, y in zip(sa, sb)]
+    else:
+        flat = store.pairwise(judge, flat_rows, xa, yb, tag, seed)
+    per_prompt: list[list[float]] = [[] for _ in rows]
+    for (i, _, _), o in zip(pairs, flat):
+        if o is not None:
+            per_prompt[i].append(o)
+    return [sum(v) / len(v) if v else None for v in per_prompt]
 
 
 def head_to_head(name_a: str, name_b: str, iteration, per_seed: dict[int, list]) -> tuple[list[dict], dict]:

@@ -137,6 +137,8 @@ class EvalConfig:
     n_prompts: int = f(200, "held-out test prompts per comparison")
     seeds: list[int] = f([0, 1, 2], "sampling/judge seeds; one win rate per seed")
     temperature: float = f(1.0, "sampling temperature of both policies (0 = greedy)")
+    samples_per_prompt: int = f(1, "responses per test prompt and policy; a prompt's outcome is the mean over the "
+                                   "paired samples (j-th of a vs j-th of b): less sampling noise per seed, more labels")
     max_new_tokens: int = f(48, "generation length limit")
     judge: JudgeConfig | None = f(None, "judge for win rates (None = the online judge)")
     baseline: str = f("sft", "policy every iterate is compared against: sft | initial")

@@ -10,8 +10,9 @@ interruption (the reference), then per crash point killed (return code -9) and r
 Checked after each rerun, against the reference:
 - every file of the run directory exists and no other (no temporary or `.old` directory left behind) and is
   equal: bytes, except that safetensors are compared tensor by tensor (and byte for byte), metrics.json /
-  sft metrics / DONE markers without wall-time fields (`*_s`) and without `labels_asked_this_process` (a
-  per-process counter), and run.log not at all; eval/winrates.csv, summary.csv, winrates.md and the plot are
+  sft metrics / DONE markers without wall-time fields (`*_s`) and without `labels_asked_this_process` and
+  `judge_items_per_process` (what this process asked the judge: a rerun finds the answers stored), and run.log
+  not at all; eval/winrates.csv, summary.csv, winrates.md and the plot are
   plain byte comparisons, so the win rates are equal to the last bit;
 - labels.sqlite holds the same rows (key, iteration, prompt, judge, kind, responses, answer, raw; not the
   creation time): no duplicate, no lost label, the same answers;
@@ -210,10 +211,13 @@ def test_killed_and_rerun_equals_uninterrupted(harness, point):
 # ---------------------------------------------------------------------------------------------- comparison
 
 
+PER_PROCESS = {"labels_asked_this_process", "judge_items_per_process"}
+
+
 def _no_timing(d):
     if isinstance(d, dict):
         return {k: _no_timing(v) for k, v in d.items()
-                if not k.endswith("_s") and k != "labels_asked_this_process"}
+                if not k.endswith("_s") and k not in PER_PROCESS}
     return d
 
 

@@ -70,3 +70,43 @@ def test_table_method_errors_fail_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match="table.versus 'baseline' is not a method"):
         make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=baseline"]))
     assert not (tmp_path / "data").exists()
+
+
+class _LengthJudge:
+    """Scalar judge: longer is better; a response containing 'fail' gets no answer (a judge failure)."""
+    kind, name = "scalar", "length"
+
+    def score(self, rows, responses, seed=0):
+        return [None if "fail" in y else float(len(y)) for y in responses]
+
+
+def test_outcomes_average_paired_samples_per_prompt(tmp_path):
+    from eval.winrate import outcomes
+    from pipeline.labels import LabelStore
+
+    store = LabelStore(tmp_path / "labels.sqlite")
+    rows = [{"id": "p0", "document": "d0"}, {"id": "p1", "document": "d1"}, {"id": "p2", "document": "d2"}]
+    a = [["long one", "x"], ["ab", "ab"], ["fail", "fail"]]
+    b = [["short", "short"], ["ab", "abc"], ["y", "z"]]
+    # p0: sample 1 wins, sample 2 loses -> 0.5; p1: tie (0.5) and loss (0) -> 0.25; p2: every pair failed -> None
+    assert outcomes(store, _LengthJudge(), rows, a, b, seed=0) == [0.5, 0.25, None]
+    # one sample per prompt is the former behaviour: outcome = that pair's result
+    assert outcomes(store, _LengthJudge(), rows, [x[:1] for x in a], [y[:1] for y in b], seed=0) == [1.0, 0.5, None]
+    store.close()
+
+
+
+def test_sample_test_draws_paired_samples(make_policy):
+    from eval.winrate import sample_test
+    from pipeline.config import EvalConfig
+
+    policy = make_policy("t5-tiny")
+    rows = [{"id": f"p{i}", "document": d} for i, d in enumerate(["The council met.", "A bridge opened.", "Rain."])]
+    ev = EvalConfig(samples_per_prompt=3, max_new_tokens=6)
+    got = sample_test(policy, rows, ev, batch_size=8, seed=2)
+    assert [len(s) for s in got] == [3, 3, 3] and len({y for s in got for y in s}) > 3
+    assert sample_test(policy, rows, ev, batch_size=8, seed=2) == got  # same eval seed: same samples for a policy
+    one = sample_test(policy, rows, EvalConfig(samples_per_prompt=1, max_new_tokens=6), batch_size=8, seed=2)
+    assert [len(s) for s in one] == [1, 1, 1]
+    with pytest.raises(ValueError, match="samples_per_prompt must be >= 1"):
+        sample_test(policy, rows, EvalConfig(samples_per_prompt=0), batch_size=8, seed=2)
