@@ -277,8 +277,10 @@ def make_table(recipe: Recipe, force: bool = False) -> list[dict]:
     ci = ("mean ± 95% t-interval over seeds" if table[0]["ci_over"] == "seeds" else
           "one training seed: win rate over test prompts ± 95% normal interval over prompts (ties count 0.5)")
     cost_md = costs_markdown(costs(recipe))
+    per = recipe.eval.samples_per_prompt
+    per = f" x {per} paired samples each" if per > 1 else ""
     (out / "table.md").write_text(f"Judge: {eval_judge.name}; seeds {recipe.table.seeds}; {len(test_rows)} test "
-                                  f"prompts; win rate of method vs the other in %, {ci}\n\n{md}\n\n"
+                                  f"prompts{per}; win rate of method vs the other in %, {ci}\n\n{md}\n\n"
                                   f"Measured costs (means over seeds and iterations):\n\n{cost_md}\n")
     title = f"vs {recipe.table.versus}" if recipe.table.versus else f"{table[0]['method_a']} vs baselines"
     winrate.plot([dict(r, policy_a=r["method_a"], policy_b=r["method_b"], win_rate=r["mean_win_rate"])
