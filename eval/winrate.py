@@ -2,8 +2,9 @@
 
 Per seed each policy samples `eval.samples_per_prompt` responses per test prompt (default one); a scalar judge
 scores both (a > b wins, equal scores count 0.5), a pairwise judge is asked both orders (disagreement = 0.5,
-failures dropped and counted). With several samples, the j-th of a meets the j-th of b and the prompt's outcome is
-their mean: the per-seed noise of sampling shrinks while prompts stay the independent unit. Per-seed rows carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
+failures dropped and counted). With several samples, the j-th of a meets the j-th of b and the prompt's outcome
+is their mean: the per-seed noise of sampling shrinks while prompts stay the independent unit. Per-seed rows
+carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
 averaging each prompt's outcomes over seeds (seeds share prompts, so prompts are the independent unit).
 """
 from __future__ import annotations

@@ -147,8 +147,8 @@ def _share(items: list, rank_: int, world: int) -> list:
 
 def parallel_map(name: str, handler, items: list) -> tuple[list, list[int]]:
     """(handler over items, items done per process). Inside on_main(..., serve={name: ...}) every process
-    does its share; anywhere else this process does all."""
-    if _SERVED is None or world_size() == 1 or not items:
+    does its share; anywhere else (or for a name the others do not serve) this process does all."""
+    if _SERVED is None or name not in _SERVED or world_size() == 1 or not items:
         return (handler(items) if items else []), [len(items)]
     broadcast((name, items))
     world = world_size()
