@@ -1,5 +1,6 @@
 import csv
 
+import numpy as np
 import pytest
 
 from eval.table import make_table, methods, pairings, t_interval
@@ -110,3 +111,42 @@ def test_sample_test_draws_paired_samples(make_policy):
     assert [len(s) for s in one] == [1, 1, 1]
     with pytest.raises(ValueError, match="samples_per_prompt must be >= 1"):
         sample_test(policy, rows, EvalConfig(samples_per_prompt=0), batch_size=8, seed=2)
+
+
+def test_utility_compare_on_planted_utilities():
+    from eval.utility import compare, markdown
+
+    base = np.array([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]])
+    rows = compare({"base": base, "same": base.copy(), "better": base + 1.0, "mixed": base + [[1.0, -1.0]]}, 0.5)
+    assert rows[0] == {"checkpoint": "base", "mean_utility": pytest.approx(0.5), "ci_half": pytest.approx(
+        1.96 * np.std([0.5, 0.5, 0.5], ddof=1) / np.sqrt(3))}
+    same, better, mixed = rows[1:]
+    assert (same["utility_diff"], same["noise_free_win"], same["bt_expected_win"]) == (0.0, 50.0, 50.0)
+    assert better["noise_free_win"] == 100.0
+    assert better["bt_expected_win"] == pytest.approx(100 / (1 + np.exp(-2.0)))  # sigma(1 / 0.5)
+    assert mixed["utility_diff"] == 0.0 and mixed["noise_free_win"] == 50.0
+    assert "| better | +1.500 ± 0.000 | base | +1.000 | 100.0 | 88.1 |" in markdown(rows, 0.5)
+
+
+def test_utility_of_a_policy_is_the_oracle_on_its_samples(make_policy):
+    from eval.utility import utilities
+    from pipeline import world
+    from pipeline.config import WorldConfig
+    from reward_sources.oracle import PERSONAS, utility
+
+    rows = world.generate(4, WorldConfig(), seed=3)
+    policy = make_policy("t5-tiny")
+    u = utilities(policy, rows, 3, PERSONAS["default"], max_new_tokens=8, seed=5)
+    drawn = policy.sample([r["document"] for r in rows], 3, max_new_tokens=8, batch_size=64, seed=5)
+    assert u.shape == (4, 3)
+    assert u.tolist() == [[utility(r, y, PERSONAS["default"]) for y in ys] for r, ys in zip(rows, drawn)]
+
+
+def test_utility_cli_errors(tmp_path, capsys):
+    from eval.utility import main
+
+    assert main([str(tmp_path), "a=" + str(tmp_path)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert main([str(tmp_path), "a=missing/path"]) == 2
+    assert "not LABEL=existing-path: a=missing/path" in capsys.readouterr().err

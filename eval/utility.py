@@ -1,0 +1,108 @@
+"""Low-noise checkpoint quality in the synthetic world: the oracle's exact utility, without judge noise.
+
+    python -m eval.utility runs/table base=runs/table/sft/model tpo=runs/table/methods/tpo/seed0/online/iter_3/model
+
+Every checkpoint samples S responses per held-out prompt (the run's test split, then its eval split) with one
+shared sampling seed, so checkpoints are compared on common random numbers. Reported per checkpoint: the mean
+utility with a 95% interval over prompts. Against the first checkpoint: the mean utility difference, the
+noise-free win rate (utility a > b, ties count 0.5, sample j against sample j), and the win rate that a
+Bradley–Terry judge of temperature t gives in expectation, mean σ((u_a − u_b)/t). The last one is what
+`make table` estimates with the oracle judge (t = 0.5) from one draw per prompt, so this tool shows how far a
+table's figure can be from its expectation (issue 4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def utilities(policy, rows: list[dict], samples: int, weights: dict, *, temperature: float = 1.0,
+              max_new_tokens: int = 40, batch_size: int = 64, seed: int = 777) -> np.ndarray:
+    """(prompts, samples) oracle utilities of the policy's responses."""
+    from reward_sources.oracle import utility
+
+    drawn = policy.sample([r["document"] for r in rows], samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    return np.array([[utility(r, y, weights) for y in ys] for r, ys in zip(rows, drawn)])
+
+
+def compare(u: dict[str, np.ndarray], bt_temperature: float = 0.5) -> list[dict]:
+    """One row per checkpoint: mean utility ± 95% over prompts; against the first checkpoint, the paired
+    differences and win rates (in %)."""
+    base_label, base = next(iter(u.items()))
+    out = []
+    for label, a in u.items():
+        per_prompt = a.mean(1)
+        half = 1.96 * per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)) if len(per_prompt) > 1 else float("nan")
+        row = {"checkpoint": label, "mean_utility": float(a.mean()), "ci_half": float(half)}
+        if label != base_label:
+            d = a - base
+            row |= {"vs": base_label, "utility_diff": float(d.mean()),
+                    "noise_free_win": float(100 * ((d > 0) + 0.5 * (d == 0)).mean()),
+                    "bt_expected_win": float(100 * (1 / (1 + np.exp(-d / bt_temperature))).mean())}
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict], bt_temperature: float) -> str:
+    lines = [f"| checkpoint | mean utility ± 95% | vs | utility diff | noise-free win % | BT(t={bt_temperature:g}) "
+             "expected win % |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        rest = (f"{r['vs']} | {r['utility_diff']:+.3f} | {r['noise_free_win']:.1f} | {r['bt_expected_win']:.1f}"
+                if "vs" in r else "– | – | – | –")
+        lines.append(f"| {r['checkpoint']} | {r['mean_utility']:+.3f} ± {r['ci_half']:.3f} | {rest} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.utility", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run directory with config.yaml and data/ (a synthetic-world recipe)")
+    p.add_argument("checkpoints", nargs="+", help="LABEL=PATH; the first is the baseline of the comparisons")
+    p.add_argument("--samples", type=int, default=8, help="responses per prompt and checkpoint")
+    p.add_argument("--prompts", type=int, default=400, help="held-out prompts (test split, then eval split)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--bt-temperature", type=float, default=0.5, help="judge temperature of the expected win rate")
+    p.add_argument("--persona", default="default", help="oracle persona whose utility is measured")
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+
+    from pipeline import data as data_stage
+    from pipeline.config import load_recipe
+    from pipeline.models import load_policy
+    from pipeline.runner import configure_threads, policy_config
+    from reward_sources.oracle import PERSONAS
+
+    run = Path(args.run)
+    specs = [c.split("=", 1) for c in args.checkpoints]
+    bad = [c for c, s in zip(args.checkpoints, specs) if len(s) != 2 or not Path(s[1]).exists()]
+    problem = (f"no config.yaml in {run}" if not (run / "config.yaml").exists() else
+               f"checkpoint(s) not LABEL=existing-path: {', '.join(bad)}" if bad else
+               "--samples must be >= 1" if args.samples < 1 else
+               f"unknown persona '{args.persona}'; known: {', '.join(PERSONAS)}" if args.persona not in PERSONAS
+               else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    configure_threads()
+    recipe = load_recipe(run / "config.yaml")
+    rows = (data_stage.load_split(run / "data", "test") + data_stage.load_split(run / "data", "eval"))[: args.prompts]
+    u = {}
+    for label, path in specs:
+        policy = load_policy(policy_config(recipe, path))
+        u[label] = utilities(policy, rows, args.samples, PERSONAS[args.persona], temperature=args.temperature,
+                             max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.online.gen_batch_size)
+        print(f"{label}: mean utility {u[label].mean():+.3f}", file=sys.stderr, flush=True)
+    result = compare(u, args.bt_temperature)
+    print(f"{len(rows)} prompts x {args.samples} samples (T={args.temperature:g}), persona {args.persona}\n")
+    print(markdown(result, args.bt_temperature))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
