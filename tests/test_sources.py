@@ -98,6 +98,27 @@ def test_python_source_by_import_path():
     assert lp(["d", "d"], ["one two three four", "one two"], ["r", "r"]) == pytest.approx([0.0, -0.5])
 
 
+def test_diagnostic_oracle_utility_source(tmp_path):
+    """The perfect-source diagnostic returns the oracle's exact utility of each response, looked up by document."""
+    from pipeline import world
+    from pipeline.config import WorldConfig
+    from pipeline.data import write_jsonl
+    from reward_sources.oracle import PERSONAS, utility
+
+    rows = world.generate(6, WorldConfig(), seed=1)
+    for split, part in (("train", rows[:4]), ("eval", rows[4:5]), ("test", rows[5:])):
+        write_jsonl(tmp_path / f"{split}.jsonl", part)
+    score = build_source({"name": "python", "function": "reward_sources.examples:oracle_utility",
+                          "kwargs": {"data_dir": str(tmp_path), "persona": "cautious"}})
+    docs = [rows[5]["document"], rows[0]["document"], rows[0]["document"]]
+    resp = [rows[5]["summary"], rows[0]["summary"], "Someone invented 9999 things in Nowhere."]
+    want = [utility(r, y, PERSONAS["cautious"]) for r, y in zip([rows[5], rows[0], rows[0]], resp)]
+    assert score(docs, resp, [None] * 3) == pytest.approx(want)
+    assert want[1] > want[2]  # the reference beats an invention
+    with pytest.raises(ValueError, match="1 document\\(s\\) are not in"):
+        score(["not a world document"], ["x"], [None])
+
+
 @pytest.fixture
 def user_module(monkeypatch):
     """A user's module, importable by name (as a recipe would name it), with broken callables."""
