@@ -66,6 +66,13 @@ def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
 
+def _inverse(order: list[int], device) -> torch.Tensor:
+    """Indices that put rows computed in `order` (length-sorted batches) back in their original order."""
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return inverse.to(device)
+
+
 def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # gather - logsumexp avoids materialising a second (batch, len, vocab) log_softmax tensor
     logits = logits.float()
@@ -217,9 +224,7 @@ class Policy:
                 sums.append(torch.where(mask, tok_lp, 0.0).sum(-1))
                 counts.append(mask.sum(-1))
         # restored outside inference mode, so callers get ordinary tensors they may mix into a loss with grad
-        inverse = torch.empty(n, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(n)
-        inverse = inverse.to(self.device)
+        inverse = _inverse(order, self.device)
         total, count = torch.cat(sums)[inverse], torch.cat(counts)[inverse]
         return total, total / count, count
 
@@ -250,9 +255,7 @@ class Policy:
                 idx = order[start: start + batch_size]
                 step = self._shared_seq2seq if self.is_seq2seq else self._shared_causal
                 parts.append(step([prompts[i] for i in idx], [targets[i] for i in idx]))
-        inverse = torch.empty(n, dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(n)
-        return torch.cat(parts)[inverse.to(self.device)]
+        return torch.cat(parts)[_inverse(order, self.device)]
 
     def _shared_seq2seq(self, prompts: list[list[int]], targets: list[list[list[int]]]) -> torch.Tensor:
         from transformers.modeling_outputs import BaseModelOutput
