@@ -1,4 +1,5 @@
-"""Shared fixtures: a small world tokenizer trained on generated text, and tiny policies built from config."""
+"""Shared fixtures: a small world tokenizer trained on generated text, tiny policies built from config, and the
+tiny end-to-end recipe that subprocess tests run."""
 from __future__ import annotations
 
 import logging
@@ -58,3 +59,26 @@ def make_policy(world_tokenizer_dir):
         return load_policy(cfg, tokenizer_dir=world_tokenizer_dir)
 
     return make
+
+
+def tiny_run_recipe(header: str, name: str, **sections) -> str:
+    """YAML of the tiny end-to-end run that subprocess tests launch (synthetic world, shape:t5-tiny, 3 SFT steps,
+    2 online iterations of 8 prompts with a rouge arm under UCB, eval on a few prompts): a few seconds of
+    work per stage. Each keyword replaces keys of that section (or sets a whole section, e.g. judge)."""
+    import yaml
+
+    recipe = {
+        "name": name, "run_dir": "run",
+        "data": {"n_examples": 80, "eval_size": 8, "test_size": 8},
+        "policy": {"name": "shape:t5-tiny"},
+        "sft": {"steps": 3, "batch_size": 8, "eval_examples": 2},
+        "judge": {"name": "oracle"},
+        "online": {"iterations": 2, "prompts_per_iteration": 8, "k": 3, "n_pool": 2, "replace_num": 1,
+                   "max_new_tokens": 8, "gen_batch_size": 16, "epochs": 2, "batch_size": 4, "warmup": 0,
+                   "lr": 0.003, "sources": [{"name": "rouge"}], "selector": {"name": "ucb", "params": {"block_size": 2}}},
+        "eval": {"n_prompts": 4, "seeds": [0], "max_new_tokens": 8},
+    }
+    for section, value in sections.items():
+        recipe[section] = {**recipe[section], **value} if section != "judge" else value
+    return f"# {header}\n" + yaml.safe_dump(recipe, sort_keys=False)
+

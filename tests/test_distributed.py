@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_recipe
 from pipeline import distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,30 +102,9 @@ def test_parallel_map_one_process_and_simulated_share(monkeypatch):
 
 # ---------------------------------------------------------------------- slow: 2 processes vs 1
 
-RECIPE = """\
-# python -m pipeline run r.yaml   (tests/test_distributed.py; also run under accelerate launch --num_processes 2)
-name: dist
-run_dir: run
-data: {n_examples: 80, eval_size: 8, test_size: 8}
-policy: {name: "shape:t5-tiny"}
-sft: {steps: 3, batch_size: 8, eval_examples: 2}
-judge: {name: oracle}
-online:
-  iterations: 2
-  prompts_per_iteration: 8
-  k: 3
-  n_pool: 2
-  replace_num: 1
-  max_new_tokens: 8
-  gen_batch_size: 16
-  epochs: 2
-  batch_size: 3
-  warmup: 0
-  lr: 0.003
-  sources: [{name: rouge}]
-  selector: {name: ucb, params: {block_size: 2}}
-eval: {n_prompts: 4, seeds: [0], max_new_tokens: 8}
-"""
+RECIPE = tiny_run_recipe(
+    "python -m pipeline run r.yaml   (tests/test_distributed.py; also run under accelerate launch --num_processes 2)",
+    "dist", online={"batch_size": 3})
 
 
 def _free_port() -> int:

@@ -47,35 +47,17 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_recipe
 from pipeline.labels import _key
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
-RECIPE = """\
-# python -m pipeline run r.yaml   (the kill harness's recipe; paths relative to the case directory)
-name: kill
-run_dir: run
-data: {n_examples: 80, eval_size: 8, test_size: 8}
-policy: {name: "shape:t5-tiny"}
-sft: {steps: 3, batch_size: 8, eval_examples: 0}
-judge: {name: python, params: {function: "kill_judge:build", kwargs: {log: judge_calls.jsonl}}}
-online:
-  iterations: 2
-  prompts_per_iteration: 8
-  k: 3
-  n_pool: 2
-  replace_num: 1
-  max_new_tokens: 8
-  gen_batch_size: 16
-  epochs: 2
-  batch_size: 4
-  warmup: 0
-  lr: 0.003
-  sources: [{name: rouge}]
-  selector: {name: ucb, params: {block_size: 2}}
-eval: {n_prompts: 6, seeds: [0, 1], max_new_tokens: 8}
-"""
+RECIPE = tiny_run_recipe(
+    "python -m pipeline run r.yaml   (the kill harness's recipe; paths relative to the case directory)", "kill",
+    sft={"eval_examples": 0}, judge={"name": "python", "params": {"function": "kill_judge:build",
+                                                                  "kwargs": {"log": "judge_calls.jsonl"}}},
+    eval={"n_prompts": 6, "seeds": [0, 1]})
 
 JUDGE = '''\
 """The oracle, appending every query to a log file before it answers (tests/test_kill.py counts them)."""
