@@ -1,7 +1,9 @@
 """The synthetic world's report: is there room for RLHF, and how relevant is each source?
 
 1. Planted facts stated (share of eval prompts) and mean oracle utility for: the reference summaries, the SFT
-   policy (greedy), and a random baseline (the reference of another article: fluent, on-template, wrong facts).
+   policy (greedy, and one sample), and a random baseline (the reference of another article: fluent,
+   on-template, wrong facts). One more row samples on TRAIN prompts, which the online stage draws from: far
+   above the eval-prompt row, SFT has memorized them (issue 4: transfer then stops carrying over).
 2. Each source's pairwise agreement with the oracle: the SFT policy samples K responses per prompt; for every
    pair whose noiseless oracle utilities differ, does the source order it the same way? (Source ties count
    0.5.) This is measured, not assumed: a reader can check that sources differ in relevance.
@@ -61,13 +63,19 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 100, k: int = 4) -> s
     greedy = [s[0] for s in policy.sample(docs, 1, temperature=0.0, max_new_tokens=recipe.online.max_new_tokens)]
     samples = policy.sample(docs, k, temperature=recipe.online.temperature, max_new_tokens=recipe.online.max_new_tokens,
                             seed=123)
+    train = data_stage.load_split(recipe.out / "data", "train")[:n_prompts]
+    train_samples = policy.sample([r["document"] for r in train], 1, temperature=recipe.online.temperature,
+                                  max_new_tokens=recipe.online.max_new_tokens, seed=123)
     others = [r["summary"] for r in rows]
     random.Random(0).shuffle(others)
     table = {"reference": fact_table(rows, [r["summary"] for r in rows]), "sft_greedy": fact_table(rows, greedy),
-             "sft_sample": fact_table(rows, [s[0] for s in samples]), "random_other_reference": fact_table(rows, others)}
+             "sft_sample": fact_table(rows, [s[0] for s in samples]),
+             "sft_sample_train_prompts": fact_table(train, [s[0] for s in train_samples]),
+             "random_other_reference": fact_table(rows, others)}
     agreement = source_agreement(rows, samples, scorers)
     lines = [f"# World report: {recipe.name}", "",
-             f"Planted facts stated (share of {len(rows)} eval prompts) and mean oracle utility (default persona):", "",
+             f"Planted facts stated (share of {len(rows)} eval prompts; the train-prompt row: {len(train)} train prompts) "
+             "and mean oracle utility (default persona):", "",
              "| summaries | " + " | ".join(FACTS) + " | invented/summary | oracle utility |",
              "|---" * (len(FACTS) + 3) + "|"]
     for name, t in table.items():

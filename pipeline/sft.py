@@ -8,6 +8,7 @@ of every batch (DDP through accelerate, pipeline/distributed.py); the main proce
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -21,6 +22,12 @@ from pipeline import distributed
 from pipeline.config import SFTConfig
 from pipeline.durable import atomic_write_text
 from pipeline.models import Policy
+
+log = logging.getLogger(__name__)
+# More passes than this over the train split and a small policy starts to recite the references of the very
+# rows that the online stage later draws its prompts from (issue 4: transfer then taught recall that did not
+# carry over to held-out prompts).
+MEMORIZATION_EPOCHS = 3.0
 
 def rouge_lsum(preds: list[str], refs: list[str]) -> list[float]:
     """ROUGE-Lsum F1 per pair: the `rouge` source reward, so SFT metrics and transfer use one implementation."""
@@ -56,6 +63,11 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     """Train `policy` in place for cfg.steps steps; save it to out_dir/model; return (and write) the metrics."""
     if not train_rows and cfg.steps > 0:
         raise ValueError("SFT needs at least one training row")
+    epochs = cfg.steps * cfg.batch_size / max(len(train_rows), 1)
+    if epochs > MEMORIZATION_EPOCHS:
+        log.warning("SFT makes %.1f passes over the %d train rows, and online prompts are drawn from the same rows: "
+                    "the policy may memorize them, so that online gains do not carry over to held-out prompts "
+                    "(more data.n_examples or fewer sft.steps)", epochs, len(train_rows))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -70,7 +82,7 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     policy.train()
     world = distributed.world_size()
     main = distributed.is_main()
-    with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log, \
+    with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file, \
             tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True, **distributed.bar_kwargs()) as bar, \
             distributed.data_parallel(policy):
         for step in bar:
@@ -96,16 +108,16 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 lr = optimizer.param_groups[0]["lr"]
-                log.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": lr,
+                log_file.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": lr,
                                       "elapsed_s": round(time.time() - start, 2)}) + "\n")
-                log.flush()
+                log_file.flush()
     policy.eval()
     # the main process evaluates and saves; the others wait and get its metrics
-    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start)
+    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs)
 
 
 def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path, losses: list[float],
-            start: float) -> dict:
+            start: float, epochs: float) -> dict:
     metrics: dict = {"rouge_lsum": None}
     if cfg.eval_examples > 0 and eval_rows:
         rows = eval_rows[: cfg.eval_examples]
@@ -118,6 +130,7 @@ def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path
         "train_loss_first": sum(losses[:window]) / window if losses else None,
         "train_loss_last": sum(losses[-window:]) / window if losses else None,
         "steps": cfg.steps,
+        "epochs": round(epochs, 3),
         "wall_s": round(time.time() - start, 2),
         "n_params": policy.n_params,
         "n_trainable": policy.n_trainable,

@@ -59,12 +59,21 @@ def test_one_step_changes_parameters_and_writes_outputs(make_policy, tmp_path):
     assert changed(before, policy) == set(before)  # full fine-tuning: every weight moves
     assert set(metrics) >= {"rouge_lsum", "train_loss_first", "train_loss_last", "steps", "wall_s", "n_params"}
     assert metrics["steps"] == 1 and metrics["n_params"] == policy.n_params and 0 <= metrics["rouge_lsum"] <= 1
+    assert metrics["epochs"] == 0.5  # 1 step x 4 rows over 8 train rows
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [set(x) for x in log] == [{"step", "loss", "lr", "elapsed_s"}] and log[0]["step"] == 1
     reloaded = load_policy(ModelConfig(name=str(tmp_path / "model")))
     docs = [r["document"] for r in copy_rows(3)]
     torch.testing.assert_close(reloaded.logprobs(docs, docs)[0], policy.logprobs(docs, docs)[0])
+
+
+def test_many_passes_over_few_rows_warn_of_memorization(make_policy, tmp_path, caplog):
+    cfg = SFTConfig(steps=2, batch_size=4, warmup=0, eval_examples=0)
+    with caplog.at_level("WARNING", logger="pipeline.sft"):
+        metrics = run_sft(make_policy("t5-tiny"), cfg, copy_rows(2), [], tmp_path)
+    assert metrics["epochs"] == 4.0
+    assert [r.getMessage()[:40] for r in caplog.records] == ["SFT makes 4.0 passes over the 2 train ro"]
 
 
 def test_copy_task_loss_falls_and_runs_are_deterministic(make_policy, tmp_path):
