@@ -8,7 +8,8 @@ utility with a 95% interval over prompts. Against the first checkpoint: the mean
 noise-free win rate (utility a > b, ties count 0.5, sample j against sample j), and the win rate that a
 Bradley–Terry judge of temperature t gives in expectation, mean σ((u_a − u_b)/t). The last one is what
 `make table` estimates with the oracle judge (t = 0.5) from one draw per prompt, so this tool shows how far a
-table's figure can be from its expectation (issue 4).
+table's figure can be from its expectation (issue 4). A second table says what the utility is made of: planted
+facts stated, names and numbers invented, words per summary.
 """
 from __future__ import annotations
 
@@ -20,14 +21,28 @@ from pathlib import Path
 import numpy as np
 
 
-def utilities(policy, rows: list[dict], samples: int, weights: dict, *, temperature: float = 1.0,
-              max_new_tokens: int = 40, batch_size: int = 64, seed: int = 777) -> np.ndarray:
-    """(prompts, samples) oracle utilities of the policy's responses."""
+def draw(policy, rows: list[dict], samples: int, *, temperature: float = 1.0, max_new_tokens: int = 40,
+         batch_size: int = 64, seed: int = 777) -> list[list[str]]:
+    """`samples` responses per prompt, one shared sampling seed for every checkpoint."""
+    return policy.sample([r["document"] for r in rows], samples, temperature=temperature,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+
+
+def utilities(rows: list[dict], drawn: list[list[str]], weights: dict) -> np.ndarray:
+    """(prompts, samples) oracle utilities of the drawn responses."""
     from reward_sources.oracle import utility
 
-    drawn = policy.sample([r["document"] for r in rows], samples, temperature=temperature,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     return np.array([[utility(r, y, weights) for y in ys] for r, ys in zip(rows, drawn)])
+
+
+def behaviour(rows: list[dict], drawn: list[list[str]]) -> dict:
+    """What a utility change is made of: planted facts stated, invented names/numbers and words per summary."""
+    from eval.world_report import fact_table
+    from pipeline.world import words
+
+    flat_rows = [r for r, ys in zip(rows, drawn) for _ in ys]
+    flat = [y for ys in drawn for y in ys]
+    return fact_table(flat_rows, flat) | {"words_per_summary": float(np.mean([len(words(y)) for y in flat]))}
 
 
 def compare(u: dict[str, np.ndarray], bt_temperature: float = 0.5) -> list[dict]:
@@ -74,6 +89,7 @@ def main(argv=None) -> int:
     from pipeline.config import load_recipe
     from pipeline.models import load_policy
     from pipeline.runner import configure_threads, policy_config
+    from eval.world_report import FACTS
     from reward_sources.oracle import PERSONAS
 
     run = Path(args.run)
@@ -90,15 +106,24 @@ def main(argv=None) -> int:
     configure_threads()
     recipe = load_recipe(run / "config.yaml")
     rows = (data_stage.load_split(run / "data", "test") + data_stage.load_split(run / "data", "eval"))[: args.prompts]
-    u = {}
+    u, seen = {}, {}
     for label, path in specs:
         policy = load_policy(policy_config(recipe, path))
-        u[label] = utilities(policy, rows, args.samples, PERSONAS[args.persona], temperature=args.temperature,
-                             max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.online.gen_batch_size)
+        drawn = draw(policy, rows, args.samples, temperature=args.temperature,
+                     max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.online.gen_batch_size)
+        u[label], seen[label] = utilities(rows, drawn, PERSONAS[args.persona]), behaviour(rows, drawn)
         print(f"{label}: mean utility {u[label].mean():+.3f}", file=sys.stderr, flush=True)
     result = compare(u, args.bt_temperature)
     print(f"{len(rows)} prompts x {args.samples} samples (T={args.temperature:g}), persona {args.persona}\n")
     print(markdown(result, args.bt_temperature))
+    print("\nShare of summaries that state each planted fact; invented names/numbers and words per summary:\n")
+    print("| checkpoint | " + " | ".join(FACTS) + " | invented / summary | words / summary |")
+    print("|---" * (len(FACTS) + 3) + "|")
+    for label, b in seen.items():
+        print(f"| {label} | " + " | ".join(f"{b[k]:.2f}" for k in FACTS)
+              + f" | {b['invented_per_summary']:.2f} | {b['words_per_summary']:.1f} |")
+    for row in result:
+        row["behaviour"] = seen[row["checkpoint"]]
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

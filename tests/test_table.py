@@ -129,17 +129,32 @@ def test_utility_compare_on_planted_utilities():
 
 
 def test_utility_of_a_policy_is_the_oracle_on_its_samples(make_policy):
-    from eval.utility import utilities
+    from eval.utility import behaviour, draw, utilities
     from pipeline import world
     from pipeline.config import WorldConfig
     from reward_sources.oracle import PERSONAS, utility
 
     rows = world.generate(4, WorldConfig(), seed=3)
     policy = make_policy("t5-tiny")
-    u = utilities(policy, rows, 3, PERSONAS["default"], max_new_tokens=8, seed=5)
-    drawn = policy.sample([r["document"] for r in rows], 3, max_new_tokens=8, batch_size=64, seed=5)
+    drawn = draw(policy, rows, 3, max_new_tokens=8, seed=5)
+    assert drawn == policy.sample([r["document"] for r in rows], 3, max_new_tokens=8, batch_size=64, seed=5)
+    u = utilities(rows, drawn, PERSONAS["default"])
     assert u.shape == (4, 3)
     assert u.tolist() == [[utility(r, y, PERSONAS["default"]) for y in ys] for r, ys in zip(rows, drawn)]
+
+
+def test_behaviour_counts_facts_invented_names_and_words():
+    from eval.utility import behaviour
+    from pipeline import world
+    from pipeline.config import WorldConfig
+
+    row = world.generate(1, WorldConfig(), seed=3)[0]
+    f = row["facts"]
+    exact = f"{f['person']} has {f['number']} {f['event']}"  # person, number, event stated; nothing invented
+    b = behaviour([row], [[exact, "Zzqx Qqzz said 123456"]])
+    assert (b["person"], b["number"], b["event"], b["place"]) == (0.5, 0.5, 0.5, 0.0)
+    assert b["invented_per_summary"] == 1.5  # Zzqx, Qqzz, 123456 in the second summary
+    assert b["words_per_summary"] == (len(world.words(exact)) + 4) / 2
 
 
 def test_utility_cli_errors(tmp_path, capsys):
