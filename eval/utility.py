@@ -85,11 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
 
+    from eval.world_report import FACTS
     from pipeline import data as data_stage
     from pipeline.config import load_recipe
     from pipeline.models import load_policy
     from pipeline.runner import configure_threads, policy_config
-    from eval.world_report import FACTS
     from reward_sources.oracle import PERSONAS
 
     run = Path(args.run)

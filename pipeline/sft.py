@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # carry over to held-out prompts).
 MEMORIZATION_EPOCHS = 3.0
 
+
 def rouge_lsum(preds: list[str], refs: list[str]) -> list[float]:
     """ROUGE-Lsum F1 per pair: the `rouge` source reward, so SFT metrics and transfer use one implementation."""
     from reward_sources.rouge import build
@@ -109,7 +110,7 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
             if step % cfg.log_every == 0 or step == cfg.steps:
                 lr = optimizer.param_groups[0]["lr"]
                 log_file.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": lr,
-                                      "elapsed_s": round(time.time() - start, 2)}) + "\n")
+                                           "elapsed_s": round(time.time() - start, 2)}) + "\n")
                 log_file.flush()
     policy.eval()
     # the main process evaluates and saves; the others wait and get its metrics

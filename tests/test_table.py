@@ -129,7 +129,7 @@ def test_utility_compare_on_planted_utilities():
 
 
 def test_utility_of_a_policy_is_the_oracle_on_its_samples(make_policy):
-    from eval.utility import behaviour, draw, utilities
+    from eval.utility import draw, utilities
     from pipeline import world
     from pipeline.config import WorldConfig
     from reward_sources.oracle import PERSONAS, utility
