@@ -29,6 +29,7 @@ from scipy import stats
 
 from eval import winrate, world_report
 from pipeline import data as data_stage
+from pipeline import distributed
 from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.labels import LabelStore
 from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run, seed_everything
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OnlineStopped, FloatingPointError) as e:  # finished runs and iterations are kept for a rerun
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "help":
         print("\n".join(describe()))
         return 0
+    from pipeline import distributed
     from pipeline.data import DataError
     from pipeline.runner import configure_threads, run as run_recipe
     from reward_sources import RegistryError
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.OperationalError) as e:  # a full disk, a read-only or vanished run directory
         print(f"error: {io_error_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
     return 0
 
 

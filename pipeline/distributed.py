@@ -52,6 +52,13 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits: a gloo group torn down at exit instead aborted a
+    2-process run now and then ("terminate called without an active exception", SIGABRT on rank 0)."""
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @contextlib.contextmanager
 def main_first():
     """The main process runs the block first (e.g. writes a file); the others then run it (and find it)."""
