@@ -20,7 +20,7 @@ SECTIONS = ("judge", "reference", "bon", "demo", "trl", "paper")
 
 @dataclasses.dataclass
 class Sizes:
-    world_rows: int = 2400        # rows generated for the world (and its tokenizer); the demo uses 2,400
+    world_rows: int = 2400        # rows generated for the world and its tokenizer (set-up only; the demo has 30,000)
     demo_block: int = 16          # demo UCB block; prompts = (4 sources + self) x block
     paper_prompts: int = 16
     judge_labels: int = 256

@@ -44,9 +44,9 @@ class DataConfig:
     source: Literal["synthetic", "local", "hub"] = f("synthetic", "where prompts come from")
     path: str = f("", "local: a .json/.jsonl file; hub: a dataset name such as EdinburghNLP/xsum")
     hub_config: str | None = f(None, "hub: dataset configuration name, if any")
-    n_examples: int = f(2400, "synthetic: number of articles to generate (the recipes use 30000, so that SFT "
-                                   "makes about one pass and does not memorize the online prompts); local/hub: cap "
-                                   "on rows (0 = all)")
+    n_examples: int = f(30000, "synthetic: number of articles to generate (enough that the default SFT makes about "
+                                    "one pass and does not memorize the online prompts); local/hub: cap on rows "
+                                    "(0 = all)")
     eval_size: int = f(200, "rows in the eval split (used for SFT metrics)")
     test_size: int = f(200, "rows in the held-out test split (used for win rates)")
     max_document_words: int = f(400, "documents longer than this are truncated (counted in the data report)")
