@@ -52,6 +52,13 @@ _DISTRACTORS = [
     "Last month {place} reported that {n} residents had signed a petition.",
     "A similar plan in {place} was backed by {person} in {year}.",
 ]
+# A rival states the same kind of event as the fact, by someone in the same role: it differs from the fact sentence
+# only in its names and number and in its news-style marker ("last year", "separately", "rival").
+_RIVALS = [
+    "{Role} {person} {vp} in {place} last year.",
+    "Separately, {person}, another {role}, {vp} in {place}.",
+    "In {year}, a rival {role}, {person}, {vp} in {place}.",
+]
 _FILLERS = [
     "The decision was welcomed by local groups.",
     "Critics said more details were needed.",
@@ -103,14 +110,33 @@ def generate(n: int, cfg: WorldConfig, seed: int) -> list[dict]:
             body.append(_fill(rng.choice(_DISTRACTORS), person=rng.choice([p for p in people if p != facts["person"]]),
                               role=rng.choice(_ROLES), place=rng.choice([p for p in places if p != facts["place"]]),
                               vp=o_vp.format(n=o_num), n=o_num, year=rng.randint(2001, 2019)))
+        rival_people = rng.sample([p for p in people if p != facts["person"]], cfg.rivals)
+        rival_places = rng.sample([p for p in places if p != facts["place"]], cfg.rivals)
+        for who, where in zip(rival_people, rival_places):
+            o_num = rng.randint(lo, hi)
+            while str(o_num) == facts["number"]:
+                o_num = rng.randint(lo, hi)
+            body.append(_fill(rng.choice(_RIVALS), person=who, role=facts["role"], place=where,
+                              vp=vp_tpl.format(n=o_num), year=rng.randint(2001, 2019)))
         body += rng.sample(_FILLERS, k=2)
         rng.shuffle(body)
         # The fact sentence is usually first (news style) but not always, so position alone is not enough.
         body.insert(0 if rng.random() < cfg.lead_first else rng.randint(1, 2), lead)
         summary = _fill(_SUMMARIES[rng.randrange(max(1, min(cfg.summary_templates, len(_SUMMARIES))))],
                         vp=vp, **{k: facts[k] for k in ("person", "role", "place")})
-        rows.append({"id": f"w{seed}-{i:06d}", "document": "\n".join(body), "summary": summary, "facts": facts})
+        document = "\n".join(body)
+        facts["distractors"] = distractors(document, facts, people, places)
+        rows.append({"id": f"w{seed}-{i:06d}", "document": document, "summary": summary, "facts": facts})
     return rows
+
+
+def distractors(document: str, facts: dict, people: list[str], places: list[str]) -> dict[str, list[str]]:
+    """Persons, places and numbers the document mentions other than the planted ones: a summary that states one of
+    them states a wrong fact that overlap with the document cannot catch."""
+    low = " " + " ".join(w.lower() for w in words(document)) + " "
+    return {"person": sorted(p for p in people if p != facts["person"] and f" {p.lower()} " in low),
+            "place": sorted(p for p in places if p != facts["place"] and f" {p.lower()} " in low),
+            "number": sorted({w for w in words(document) if w.isdigit() and w != facts["number"]})}
 
 
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -132,6 +158,33 @@ def fact_hits(facts: dict, response: str) -> dict[str, bool]:
         "number": f" {facts['number']} " in low,
         "event": f" {facts['event']} " in low,
     }
+
+
+def stated_distractors(facts: dict, response: str) -> list[str]:
+    """The document's other persons, places and numbers that a response states (each counted once)."""
+    d = facts.get("distractors") or {}
+    low = " " + " ".join(w.lower() for w in words(response)) + " "
+    return [x for kind in ("person", "place", "number") for x in d.get(kind, []) if f" {x.lower()} " in low]
+
+
+def invented_entities(document: str, response: str) -> list[str]:
+    """Invented names and numbers counted per entity: a run of consecutive invented capitalised words is one
+    name ("Kalo Mira" is one invented person, not two), and each distinct entity counts once."""
+    doc_words = set(words(document))
+    doc_lower = {w.lower() for w in doc_words}
+    out, run, prev_invented_name = [], [], False
+    for w in words(response) + [""]:
+        is_name = bool(w) and w[0].isupper()
+        is_new = bool(w) and (w.isdigit() or any(c.isdigit() for c in w) or is_name) and \
+            w.lower() not in _FUNCTION_WORDS and w not in doc_words and w.lower() not in doc_lower
+        if is_new and is_name and prev_invented_name:
+            run.append(w)
+        else:
+            if run:
+                out.append(" ".join(run))
+            run = [w] if is_new else []
+        prev_invented_name = is_new and is_name
+    return sorted(set(out))
 
 
 def invented(document: str, response: str) -> list[str]:

@@ -2,6 +2,10 @@
 
 utility = Σ_fact weight·[fact stated correctly] − invented·(#names/numbers absent from the document)
           − length·max(0, words − max_words)
+The `coverage` persona (the testbed's, docs/testbed.md) counts invented names and numbers per entity rather than
+per word, also charges `distractor` for each of the document's OTHER persons, places and numbers the summary
+states (copying a rival sentence is faithful to the document and wrong), and lets the length term bind near the
+reference's own length (`max_words` relative to it when `length_relative` is set).
 A label is utility + temperature·Gumbel noise, so for two responses P(a ≻ b) = σ((u_a − u_b)/temperature):
 Bradley–Terry with that temperature, and the argmax over K responses is a Plackett–Luce draw.
 The noise is a pure function of (judge, seed, prompt id, response), so a repeated query gets the same answer.
@@ -14,13 +18,16 @@ import hashlib
 
 import numpy as np
 
-from pipeline.world import fact_hits, invented, words
+from pipeline.world import fact_hits, invented, invented_entities, stated_distractors, words
 
 PERSONAS = {
     "default": dict(person=1.0, place=1.0, number=1.0, event=0.5, role=0.5, invented=1.0, length=0.1, max_words=20),
     "facts_first": dict(person=1.5, place=1.0, number=1.5, event=0.5, role=0.25, invented=0.5, length=0.02, max_words=30),
     "concise": dict(person=1.0, place=0.5, number=1.0, event=0.5, role=0.0, invented=1.0, length=0.3, max_words=10),
     "cautious": dict(person=0.75, place=0.75, number=0.75, event=0.5, role=0.5, invented=2.5, length=0.1, max_words=20),
+    # max_words here is the slack over the reference summary's length (length_relative).
+    "coverage": dict(person=1.0, place=1.0, number=1.0, event=0.5, role=0.5, invented=1.0, length=0.25, max_words=2,
+                     distractor=1.0, per_entity=True, length_relative=True),
 }
 TEACHERS = {"expert": 0.1, "default": 0.5, "novice": 2.0}  # Bradley–Terry temperatures
 _FACTS = ("person", "role", "place", "number", "event")
@@ -33,8 +40,11 @@ def utility(row: dict, response: str, weights: dict) -> float:
                          "(use data.source=synthetic, or a reward_model / pairwise_llm judge on real data)")
     hits = fact_hits(facts, response)
     u = sum(weights[k] for k in _FACTS if hits[k])
-    u -= weights["invented"] * len(invented(row["document"], response))
-    u -= weights["length"] * max(0, len(words(response)) - weights["max_words"])
+    made_up = invented_entities if weights.get("per_entity") else invented
+    u -= weights["invented"] * len(made_up(row["document"], response))
+    u -= weights.get("distractor", 0.0) * len(stated_distractors(facts, response))
+    limit = weights["max_words"] + (len(words(row["summary"])) if weights.get("length_relative") else 0)
+    u -= weights["length"] * max(0, len(words(response)) - limit)
     return float(u)
 
 

@@ -54,3 +54,49 @@ def test_oracle_registry_options():
         build_judge("oracle", {"persona": "terse"})
     with pytest.raises(ValueError, match="unknown oracle option"):
         build_judge("oracle", {"temp": 1})
+
+
+def _coverage_row():
+    doc = ("Mayor Kalo Ten has cut 40 jobs in Marton, officials said.\n"
+           "Separately, Rosa Dun, another mayor, cut 75 jobs in Belford.\nTisra Bel said the figure of 12 was not final.")
+    facts = {"person": "Kalo Ten", "role": "mayor", "place": "Marton", "number": "40", "event": "jobs"}
+    facts["distractors"] = world.distractors(doc, facts, ["Kalo Ten", "Rosa Dun", "Tisra Bel", "Voro Lin"],
+                                             ["Marton", "Belford", "Tonbury"])
+    return {"id": "c", "document": doc, "summary": "Mayor Kalo Ten has cut 40 jobs in Marton.", "facts": facts}
+
+
+def test_distractors_are_the_documents_other_entities():
+    row = _coverage_row()
+    assert row["facts"]["distractors"] == {"person": ["Rosa Dun", "Tisra Bel"], "place": ["Belford"],
+                                           "number": ["12", "75"]}
+
+
+def test_coverage_oracle_by_hand():
+    row, w = _coverage_row(), PERSONAS["coverage"]
+    assert utility(row, row["summary"], w) == pytest.approx(4.0)
+    # copying the rival sentence: role and event right (1.0), and its person, place and number are the
+    # document's other entities, at -1 each; nothing is invented, so document overlap sees no error
+    rival = "Mayor Rosa Dun cut 75 jobs in Belford."
+    assert world.invented(row["document"], rival) == []
+    assert utility(row, rival, w) == pytest.approx(1.0 - 3.0)
+    # an invented two-word name counts once per entity (the default persona counts each word)
+    made_up = "Mayor Voro Lin has cut 40 jobs in Marton."
+    assert utility(row, made_up, w) == pytest.approx(3.0 - 1.0)
+    assert utility(row, made_up, PERSONAS["default"]) == pytest.approx(3.0 - 2.0)
+    # the length term binds 2 words past the reference's 9 words: 14 words are 3 over, at 0.25 each
+    long = row["summary"][:-1] + " and more and more and"
+    assert len(world.words(long)) == 14
+    assert utility(row, long, w) == pytest.approx(4.0 - 0.75)
+
+
+def test_rival_sentences_share_the_facts_role_and_event():
+    rows = world.generate(40, WorldConfig(rivals=2), seed=1)
+    assert rows != world.generate(40, WorldConfig(), seed=1)
+    assert world.generate(40, WorldConfig(), seed=1) == world.generate(40, WorldConfig(rivals=0), seed=1)
+    for r in rows:
+        f = r["facts"]
+        hits = [world.fact_hits(f, s) for s in r["document"].split("\n")]
+        rivals = [h for h in hits if h["role"] and h["event"] and not h["person"] and not h["number"]]
+        assert len(rivals) >= 2
+        assert f["person"] not in f["distractors"]["person"] and f["number"] not in f["distractors"]["number"]
+        assert len(f["distractors"]["person"]) >= 2
