@@ -60,9 +60,21 @@ def _batches(rows: list[dict], batch_size: int, seed: int):
         pool = pool[batch_size:]
 
 
+def copy_targets(rows: list[dict], seed: int):
+    """Endless batches for copy pretraining: each row's target is one of its document's sentences, drawn afresh
+    every time the row comes round (a small T5 trained from scratch on summaries alone never learns to copy
+    names; the real T5 learned it in pretraining on text before it was fine-tuned)."""
+    rng = random.Random(f"copy-{seed}")
+    sentences = {id(r): [s for s in r["document"].split("\n") if s.strip()] or [r["document"]] for r in rows}
+    for batch in _batches(rows, 1, seed):
+        r = batch[0]
+        yield r, rng.choice(sentences[id(r)])
+
+
 def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: list[dict], out_dir: Path) -> dict:
-    """Train `policy` in place for cfg.steps steps; save it to out_dir/model; return (and write) the metrics."""
-    if not train_rows and cfg.steps > 0:
+    """Train `policy` in place (copy pretraining for cfg.copy_steps, then cfg.steps of SFT); save it to
+    out_dir/model; return (and write) the metrics."""
+    if not train_rows and cfg.steps + cfg.copy_steps > 0:
         raise ValueError("SFT needs at least one training row")
     epochs = cfg.steps * cfg.batch_size / max(len(train_rows), 1)
     if epochs > MEMORIZATION_EPOCHS:
@@ -72,26 +84,39 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: only the adapters
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup, cfg.steps))
-    # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
-    targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
-    batches = _batches(train_rows, cfg.batch_size, cfg.seed)
-    losses: list[float] = []
     start = time.time()
+    main = distributed.is_main()
+    with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file:
+        copy_losses = []
+        if cfg.copy_steps > 0:
+            pairs = copy_targets(train_rows, cfg.seed)
+            stream = ([next(pairs) for _ in range(cfg.batch_size)] for _ in iter(int, 1))
+            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr, stream, log_file, "copy", start)
+        # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
+        targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
+        stream = ([(r, targets[id(r)]) for r in batch] for batch in _batches(train_rows, cfg.batch_size, cfg.seed))
+        losses = _train(policy, cfg, cfg.steps, cfg.lr, stream, log_file, "sft", start)
+    policy.eval()
+    # the main process evaluates and saves; the others wait and get its metrics
+    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs, copy_losses)
+
+
+def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_file, phase: str, start: float):
+    """`steps` AdamW steps of token-mean cross-entropy on (row, target) batches from `stream`; returns the losses."""
+    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: only the adapters
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup, steps))
+    losses: list[float] = []
     policy.train()
     world = distributed.world_size()
-    main = distributed.is_main()
-    with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file, \
-            tqdm(range(1, cfg.steps + 1), desc="sft", dynamic_ncols=True, **distributed.bar_kwargs()) as bar, \
+    with tqdm(range(1, steps + 1), desc=phase, dynamic_ncols=True, **distributed.bar_kwargs()) as bar, \
             distributed.data_parallel(policy):
         for step in bar:
-            batch = next(batches)
+            batch = next(stream)
             if world > 1:  # this process's share of the batch (at least one row, weighted 0 if it had none)
                 mine = distributed.shard(batch)
                 real, batch = (1.0, mine) if mine else (0.0, batch[:1])
-            total, _, count = policy.logprobs([r["document"] for r in batch], [targets[id(r)] for r in batch],
+            total, _, count = policy.logprobs([r["document"] for r, _ in batch], [y for _, y in batch],
                                               batch_size=cfg.batch_size, grad=True)
             if world == 1:
                 loss = -total.sum() / count.sum()  # token-mean cross-entropy over the whole batch
@@ -107,18 +132,16 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                lr = optimizer.param_groups[0]["lr"]
-                log_file.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": lr,
-                                           "elapsed_s": round(time.time() - start, 2)}) + "\n")
+            if step % cfg.log_every == 0 or step == steps:
+                row = {"step": step, "loss": round(losses[-1], 5), "lr": optimizer.param_groups[0]["lr"],
+                       "elapsed_s": round(time.time() - start, 2)}
+                log_file.write(json.dumps(row if phase == "sft" else {"phase": phase, **row}) + "\n")
                 log_file.flush()
-    policy.eval()
-    # the main process evaluates and saves; the others wait and get its metrics
-    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs)
+    return losses
 
 
 def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path, losses: list[float],
-            start: float, epochs: float) -> dict:
+            start: float, epochs: float, copy_losses: list[float]) -> dict:
     metrics: dict = {"rouge_lsum": None}
     if cfg.eval_examples > 0 and eval_rows:
         rows = eval_rows[: cfg.eval_examples]
@@ -127,6 +150,10 @@ def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path
         metrics["rouge_lsum"] = sum(rouge_lsum(preds, [r["summary"] for r in rows])) / len(rows)
     policy.save(out_dir / "model")
     window = max(1, min(10, len(losses) // 2))  # single-step losses are noisy: average a few at each end
+    if copy_losses:
+        w = max(1, min(10, len(copy_losses) // 2))
+        metrics |= {"copy_steps": cfg.copy_steps, "copy_loss_first": sum(copy_losses[:w]) / w,
+                    "copy_loss_last": sum(copy_losses[-w:]) / w}
     metrics |= {
         "train_loss_first": sum(losses[:window]) / window if losses else None,
         "train_loss_last": sum(losses[-window:]) / window if losses else None,
