@@ -37,6 +37,9 @@ class WorldConfig:
     paraphrase: float = f(0.25, "0..1: share of article fact sentences drawn from alternative phrasings")
     summary_templates: int = f(3, "number of reference-summary phrasings (1..4)")
     lead_first: float = f(0.85, "probability that the fact sentence opens the article (else it is 2nd or 3rd)")
+    rivals: int = f(0, "rival sentences per article: another person in the fact's role did the same kind of event "
+                       "in another place with another number. A summary that copies a rival states wrong facts "
+                       "that ARE in the document, so overlap with the document cannot see the error (0 = none)")
 
 
 @dataclass
@@ -91,6 +94,9 @@ class SFTConfig:
     eval_max_new_tokens: int = f(48, "greedy decoding length for the ROUGE evaluation")
     log_every: int = f(25, "steps between loss log lines")
     seed: int = f(0, "seed of initialisation order and batching")
+    copy_steps: int = f(0, "steps of copy pretraining before SFT (input: the document; target: one of its sentences "
+                           "at random), as T5 is pretrained on text before it is fine-tuned; 0 = none")
+    copy_lr: float = f(1e-3, "peak learning rate of copy pretraining (linear warm-up, cosine decay)")
 
 
 @dataclass
@@ -161,6 +167,15 @@ class TableConfig:
     n_prompts: int = f(200, "held-out test prompts per head-to-head comparison")
     versus: str = f("", "'' = the first method against each of the others; a method's label = every other method "
                         "against that one (e.g. no_transfer)")
+    baseline: str = f("no_transfer", "method every other method is paired against in paired.csv (exact-utility "
+                                      "headline, oracle judges)")
+    aa: bool = f(True, "add the A/A row 'aa:<baseline>': the baseline trained again with other training seeds "
+                       "(seed + aa_seed_offset) and paired against the baseline; its interval is the noise floor")
+    aa_seed_offset: int = f(1000, "training-seed offset of the A/A row's second baseline run")
+    utility_prompts: int = f(300, "held-out prompts for the exact-utility headline (judges that know the utility)")
+    utility_samples: int = f(4, "samples per prompt and checkpoint for the exact-utility headline; every checkpoint "
+                                "is sampled with the same sampling seeds (common random numbers)")
+    jobs: int = f(1, "online runs (method, seed) trained at once, each in its own process with one torch thread")
 
 
 @dataclass
@@ -295,21 +310,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"recipe '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def merge(base: dict, child: dict) -> dict:
+    """The child's keys over the base's: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_raw(path: Path, seen: tuple = ()) -> dict:
+    """A recipe file with its `base:` chain resolved (the base path is relative to the file that names it)."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe '{path}' inherits from itself (base chain: {' -> '.join(map(str, seen))})")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"recipe '{path}': base must be a path to another recipe, got {base!r}")
+    return merge(read_raw(path.parent / base, seen + (path.resolve(),)), raw)
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe (or the defaults when path is None) and apply overrides strictly."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"recipe '{path}' does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(raw).__name__}")
+    """Read a YAML recipe (or the defaults when path is None), resolve its `base:` chain, apply overrides
+    strictly. The run directory's config.yaml is the resolved recipe, with no base left in it."""
+    raw = read_raw(Path(path)) if path is not None else {}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value)
