@@ -1,5 +1,10 @@
 """ROUGE source reward: F-measure of a response against the reference summary (rouge-score, stemmed).
 
+`against: document` scores the response against the article itself instead: the reference-free overlap that
+users reach for when they have no reference. It is a *tempting* source: on today's samples it prefers summaries
+that copy the article (and so state its facts) over ones that invent, but in excess it pays for length and for
+copying any sentence, the wrong ones included (docs/testbed.md).
+
 `evaluate.load("rouge")` fetches its script from the hub and fails offline, so rouge-score is called
 directly. ROUGE-Lsum is the summary-level LCS: it needs sentences separated by "\n" (rouge-score splits on
 newlines only), so texts without newlines are split at sentence ends first.
@@ -41,10 +46,13 @@ def sentence_lines(text: str) -> str:
 
 
 def build(spec: dict, ctx=None):
-    check_spec(spec, {"variant"}, "rouge")
+    check_spec(spec, {"variant", "against"}, "rouge")
     variant = spec.get("variant", "rougeLsum")
     if variant not in VARIANTS:
         raise ValueError(f"rouge: variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+    against = spec.get("against", "reference")
+    if against not in ("reference", "document"):
+        raise ValueError(f"rouge: against must be 'reference' or 'document', got '{against}'")
     from rouge_score import rouge_scorer
 
     # use_stemmer=True is the convention of the summarisation papers (and of the XSum-faith ROUGE columns).
@@ -53,6 +61,8 @@ def build(spec: dict, ctx=None):
 
     def score(documents, responses, references):
         check_batch("rouge", documents, responses, references)
+        if against == "document":
+            references = documents
         if any(r is None for r in references):
             raise ValueError("rouge: a reference summary is missing (None); ROUGE needs references")
         out = []
@@ -62,5 +72,5 @@ def build(spec: dict, ctx=None):
             out.append(float(scorer.score(ref, resp or "")[variant].fmeasure))
         return out
 
-    score.__name__ = f"rouge_{variant}"
+    score.__name__ = f"rouge_{variant}" + ("_document" if against == "document" else "")
     return score
