@@ -132,3 +132,26 @@ def test_smollm2_lora_sft_on_xsum(tmp_path):
     moved = changed(before, policy)
     assert moved and all("lora_" in n for n in moved)
     assert metrics["rouge_lsum"] is not None and (tmp_path / "model" / "config.json").exists()
+
+
+def test_copy_pretraining_targets_are_document_sentences_and_learning_to_copy_helps(make_policy, tmp_path):
+    from pipeline.sft import copy_targets
+
+    rng = random.Random(3)
+    rows = [{"id": str(i), "summary": "unused",
+             "document": "\n".join(" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(3))} for i in range(40)]
+    stream = copy_targets(rows, seed=0)
+    drawn = [next(stream) for _ in range(200)]
+    assert all(t in r["document"].split("\n") for r, t in drawn)
+    assert len({t for _, t in drawn}) > 60  # different sentences, not always the first
+    # copy pretraining lowers the loss of copying a held-out document's sentence, and is logged as its own phase
+    held = [{"id": "h", "document": "council river report\nmayor strike homes", "summary": "x"}]
+    policy = make_policy("t5-tiny")
+    before = -policy.logprobs([held[0]["document"]], ["mayor strike homes"])[0].item()
+    cfg = SFTConfig(steps=1, copy_steps=60, copy_lr=3e-3, batch_size=8, warmup=5, eval_examples=0, log_every=20)
+    metrics = run_sft(policy, cfg, rows, [], tmp_path)
+    after = -policy.logprobs([held[0]["document"]], ["mayor strike homes"])[0].item()
+    assert after < before
+    assert metrics["copy_steps"] == 60 and metrics["copy_loss_last"] < metrics["copy_loss_first"]
+    phases = [json.loads(line).get("phase", "sft") for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert phases.count("copy") == 3 and phases[-1] == "sft"
