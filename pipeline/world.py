@@ -110,12 +110,12 @@ def generate(n: int, cfg: WorldConfig, seed: int) -> list[dict]:
             body.append(_fill(rng.choice(_DISTRACTORS), person=rng.choice([p for p in people if p != facts["person"]]),
                               role=rng.choice(_ROLES), place=rng.choice([p for p in places if p != facts["place"]]),
                               vp=o_vp.format(n=o_num), n=o_num, year=rng.randint(2001, 2019)))
-        rival_people = rng.sample([p for p in people if p != facts["person"]], cfg.rivals)
-        rival_places = rng.sample([p for p in places if p != facts["place"]], cfg.rivals)
-        for who, where in zip(rival_people, rival_places):
+        for _ in range(cfg.rivals):
             o_num = rng.randint(lo, hi)
             while str(o_num) == facts["number"]:
                 o_num = rng.randint(lo, hi)
+            who = rng.choice([p for p in people if p != facts["person"]])
+            where = rng.choice([p for p in places if p != facts["place"]])
             body.append(_fill(rng.choice(_RIVALS), person=who, role=facts["role"], place=where,
                               vp=vp_tpl.format(n=o_num), year=rng.randint(2001, 2019)))
         body += rng.sample(_FILLERS, k=2)

@@ -99,4 +99,4 @@ def test_rival_sentences_share_the_facts_role_and_event():
         rivals = [h for h in hits if h["role"] and h["event"] and not h["person"] and not h["number"]]
         assert len(rivals) >= 2
         assert f["person"] not in f["distractors"]["person"] and f["number"] not in f["distractors"]["number"]
-        assert len(f["distractors"]["person"]) >= 2
+        assert len(f["distractors"]["person"]) >= 1
