@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import json
 import os
@@ -23,8 +24,8 @@ from typing import Iterable
 import torch
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config,
-                          T5ForConditionalGeneration)
+                          LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 from pipeline import distributed
 from pipeline.config import ModelConfig
@@ -71,6 +72,56 @@ def _inverse(order: list[int], device) -> torch.Tensor:
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return inverse.to(device)
+
+
+def noise_seed(seed: int, key: str, index: int) -> int:
+    """The seed of one sample's noise stream: a stable hash (not Python's salted hash()) of (seed, key, index),
+    so it is the same in every process, run and checkpoint."""
+    blob = json.dumps([int(seed), str(key), int(index)]).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+class GumbelSampler(LogitsProcessor):
+    """Sampling as greedy decoding of perturbed logits: argmax(logits/T + g), with g i.i.d. standard Gumbel over
+    the vocabulary, is an exact draw from softmax(logits/T) (the Gumbel-max trick); with the top-k cut (logits
+    outside the k largest set to -inf) it is an exact draw from the renormalised top-k distribution.
+
+    Each row of the batch draws its noise from its own generator, seeded by noise_seed(seed, key, index), so a
+    sample depends on its prompt, key, index and the model only: not on which batch it sits in, its neighbours,
+    how many samples are drawn, or how many processes share the work. Two checkpoints sampled with the same seed
+    see the same noise (common random numbers). Noise is drawn lazily in blocks of a fixed CHUNK steps per row:
+    the block boundaries, and so the noise at a step, never depend on max_new_tokens or when decoding stops."""
+
+    CHUNK = 8
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, prompt_width: int, device: torch.device):
+        if temperature <= 0:
+            raise ValueError(f"GumbelSampler needs temperature > 0, got {temperature}")
+        self.temperature, self.top_k, self.prompt_width, self.device = temperature, top_k, prompt_width, device
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.noise: torch.Tensor | None = None  # (rows, CHUNK, vocab) for steps block*CHUNK ..
+        self.block = -1
+
+    def _draw(self, vocab: int) -> torch.Tensor:
+        u = torch.empty(len(self.gens), self.CHUNK, vocab, device=self.device)
+        for row, gen in zip(u, self.gens):  # in place: no per-row tensors to stack (B x CHUNK x vocab floats once)
+            row.uniform_(generator=gen)
+        # u == 0 would give -inf noise (the token is never picked), u -> 1 a large finite value: both are
+        # within float32's reach of the exact distribution; the clamp only keeps log(0) out
+        return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        block = step // self.CHUNK
+        # steps arrive in order, so the blocks are drawn in order and each generator's stream is read once
+        while self.block < block:
+            self.noise, self.block = self._draw(scores.shape[-1]), self.block + 1
+        logits = scores.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            # the same cut as transformers' TopKLogitsWarper: ties with the k-th value stay in
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits + self.noise[:, step - block * self.CHUNK]
 
 
 def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -124,38 +175,46 @@ class Policy:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, documents: list[str], k: int, *, temperature: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0, shard: bool = False) -> list[list[str]]:
-        """k responses per document; temperature 0 = greedy (one decode, k copies). Deterministic given seed.
+               max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0, shard: bool = False,
+               keys: list[str] | None = None, first: int = 0) -> list[list[str]]:
+        """k responses per document: sample indices first .. first+k-1; temperature 0 = greedy (one decode, k
+        copies); top_k 0 = no cut. batch_size counts generated rows (documents x samples).
 
-        shard=True (every process calls it): batches are dealt round-robin to processes and gathered; each batch
-        keeps its own seed and contents, so the samples are the same whatever the number of processes."""
-        if k < 1 or batch_size < 1:
-            raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+        Sample j of a document is a function of (model, prompt, seed, key, j) alone (GumbelSampler): keys default
+        to the documents themselves, so a document gets the same noise wherever it sits. Hence sample(d, K) is
+        the first K of sample(d, K + N), and sample(d, N, first=K) the rest, whatever batch_size, order or number
+        of processes; and two checkpoints sampled with one seed and the same keys share their noise (common
+        random numbers). shard=True (every process calls it): batches are dealt round-robin and gathered."""
+        if k < 1 or batch_size < 1 or first < 0:
+            raise ValueError(f"k and batch_size must be >= 1 and first >= 0, got k={k}, batch_size={batch_size}, "
+                             f"first={first}")
+        if keys is not None and len(keys) != len(documents):
+            raise ValueError(f"{len(documents)} documents but {len(keys)} keys")
         if not documents:
             return []
+        keys = list(documents) if keys is None else [str(x) for x in keys]
         greedy = temperature == 0
-        reps = 1 if greedy else k
         prompts = self._prompt_ids(documents)
         order = sorted(range(len(documents)), key=lambda i: len(prompts[i]))  # similar lengths -> less padding
-        rows = [i for i in order for _ in range(reps)]
+        rows = [(i, j) for i in order for j in (range(1) if greedy else range(first, first + k))]
         # every knob explicit: a checkpoint's generation_config (top_p, repetition penalty...) would otherwise
-        # fill unset values, and samples would no longer come from the distribution that logprobs() scores
+        # fill unset values, and samples would no longer come from the distribution that logprobs() scores.
+        # Always greedy search: sampling is the argmax of Gumbel-perturbed logits (GumbelSampler).
         gen_cfg = GenerationConfig(
-            do_sample=not greedy, temperature=1.0 if greedy else temperature, top_k=None if greedy else top_k,
-            top_p=1.0, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, min_length=0,
-            max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            decoder_start_token_id=self.start_id, use_cache=True)
+            do_sample=False, temperature=1.0, top_k=None, top_p=1.0, typical_p=1.0, repetition_penalty=1.0,
+            no_repeat_ngram_size=0, num_beams=1, min_length=0, max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, decoder_start_token_id=self.start_id, use_cache=True)
         texts: dict[int, list[str]] = {i: [] for i in order}
         batches = list(enumerate(range(0, len(rows), batch_size)))
-        decoded: list[tuple[int, list[int], list[str]]] = []  # (batch, its rows, their texts)
+        decoded: list[tuple[int, list[int], list[str]]] = []  # (batch, its documents, their texts)
         with torch.inference_mode():
             for b, start in (distributed.shard(batches) if shard else batches):
                 chunk = rows[start: start + batch_size]
-                with _seeded(seed * 1_000_003 + b, self.device):
-                    out, ids = self._generate([prompts[i] for i in chunk], gen_cfg)
+                seeds = None if greedy else [noise_seed(seed, keys[i], j) for i, j in chunk]
+                out, ids = self._generate([prompts[i] for i, _ in chunk], gen_cfg, seeds, temperature, top_k)
                 if not self.is_seq2seq:
                     out = out[:, ids.shape[1]:]  # causal outputs repeat the (left-padded) prompt
-                decoded.append((b, chunk, self.tokenizer.batch_decode(out, skip_special_tokens=True)))
+                decoded.append((b, [i for i, _ in chunk], self.tokenizer.batch_decode(out, skip_special_tokens=True)))
         if shard:
             decoded = sorted((d for part in distributed.gather(decoded) for d in part), key=lambda d: d[0])
         for _, chunk, batch_texts in decoded:  # in batch order: a document's samples may span two batches
@@ -163,15 +222,23 @@ class Policy:
                 texts[i].append(text.strip())
         return [texts[i] * k if greedy else texts[i] for i in range(len(documents))]
 
-    def _generate(self, prompts: list[list[int]], gen_cfg: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """generate() on one batch of prompt rows; returns (output ids, padded prompt ids). A seq2seq model encodes
-        each distinct prompt of the batch once (its k samples are consecutive rows) and hands the copies of the
-        encoder output to generate(): K + N = 8 samples of one 128-token document cost one encoder pass, not 8."""
+    def _generate(self, prompts: list[list[int]], gen_cfg: GenerationConfig, seeds: list[int] | None = None,
+                  temperature: float = 1.0, top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """generate() on one batch of prompt rows; returns (output ids, padded prompt ids). seeds: one noise
+        seed per row (GumbelSampler), None = plain greedy. A seq2seq model encodes each distinct prompt of the
+        batch once (its k samples are consecutive rows) and hands the copies of the encoder output to
+        generate(): K + N = 8 samples of one 128-token document cost one encoder pass, not 8."""
         dev = self.device
+
+        def processors(prompt_width: int) -> LogitsProcessorList | None:
+            if seeds is None:
+                return None
+            return LogitsProcessorList([GumbelSampler(seeds, temperature, top_k, prompt_width, dev)])
+
         if not self.is_seq2seq:
             ids, mask = _pad(prompts, self.pad_id, left=True)
-            return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                       generation_config=gen_cfg), ids
+            return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg,
+                                       logits_processor=processors(ids.shape[1])), ids
         from transformers.modeling_outputs import BaseModelOutput
 
         distinct, copies = [], []  # copies[j]: which distinct prompt row j is
@@ -182,8 +249,10 @@ class Policy:
         ids, mask = _pad(distinct, self.pad_id, left=False)
         ids, mask, copies = ids.to(dev), mask.to(dev), torch.tensor(copies, device=dev)
         hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        # the decoder starts from one start token: its input_ids are 1 wide before the first new token
         out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[copies]),
-                                  attention_mask=mask[copies], generation_config=gen_cfg)
+                                  attention_mask=mask[copies], generation_config=gen_cfg,
+                                  logits_processor=processors(1))
         return out, ids
 
     # ------------------------------------------------------------------ scoring
