@@ -173,9 +173,12 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     rng = random.Random(f"{cfg.seed}-{t}")
     rows = rng.sample(train_rows, min(cfg.prompts_per_iteration, len(train_rows)))
     n_pool = cfg.n_pool if scorers and selector.uses_pool else 0
+    # Keyed by prompt id, seeded by (online seed, iteration) only: sample j of a prompt is the same draw whether
+    # or not a pool is drawn after it, so at iteration 1 every method (no transfer, TPO, pure exploit) labels the
+    # same online samples 0..K-1 before transfer; the pool is samples K..K+N-1 (one call: the encoder runs once).
     samples = policy.sample([r["document"] for r in rows], cfg.k + n_pool, temperature=cfg.temperature,
                             top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                            seed=cfg.seed * 1000 + t, shard=True)
+                            seed=cfg.seed * 1000 + t, shard=True, keys=[r["id"] for r in rows], first=0)
     timings["generate_s"] = time.time() - t0
     crash_point("generate")
     # judge, label store and selector: the main process only, the others scoring their share of what it asks;
@@ -276,13 +279,28 @@ def _mean(xs):
 
 
 def validate(cfg: OnlineConfig, arms: list[str]):
-    """Config mistakes surface before any sampling; returns the selector."""
+    """Config mistakes surface before any sampling (one-line ValueErrors); returns the selector."""
     if cfg.k < 2:
         raise ValueError(f"online.k must be at least 2 to form preference pairs, got {cfg.k}")
-    if arms and cfg.n_pool > 0 and not 0 < cfg.replace_num < cfg.k:
+    selector = build_selector(cfg.selector.name, cfg.selector.params, arms, seed=cfg.seed, k=cfg.k,
+                              replace_num=cfg.replace_num)
+    if not (arms and selector.uses_pool):
+        return selector
+    name = cfg.selector.name
+    # Without a pool nothing is transferred, yet a source arm would still be credited whenever the judge's best
+    # response sits at an index below replace_num: wins for responses the policy drew itself.
+    if cfg.n_pool <= 0:
+        raise ValueError(f"selector '{name}' transfers from online.sources but online.n_pool is {cfg.n_pool}: "
+                         f"set online.n_pool to at least online.replace_num ({cfg.replace_num}; the paper uses 32), "
+                         "or use selector 'none' or drop online.sources")
+    if not 0 < cfg.replace_num < cfg.k:
         raise ValueError(f"online.replace_num must be between 1 and k-1 (k={cfg.k}), got {cfg.replace_num}: "
                          "at least one online response must stay an untransferred sample of the policy")
-    return build_selector(cfg.selector.name, cfg.selector.params, arms, seed=cfg.seed)
+    if cfg.n_pool < cfg.replace_num:
+        raise ValueError(f"online.n_pool ({cfg.n_pool}) is smaller than online.replace_num ({cfg.replace_num}): "
+                         f"Best-of-N cannot transfer {cfg.replace_num} responses from a pool of {cfg.n_pool}; "
+                         f"raise online.n_pool to at least {cfg.replace_num} or lower online.replace_num")
+    return selector
 
 
 def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, train_rows: list[dict], judge,

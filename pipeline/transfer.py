@@ -3,7 +3,8 @@
 A source's transfer policy is Best-of-N over the current policy's pool ranked by that source; its top
 `replace_num` responses replace online responses 0..replace_num-1 of the prompt. The win signal of a source
 arm on a prompt is 1 when the judge's best of the K responses is a transferred one; the self arm's win is a
-constant (the bar a source must clear). Selectors pick the arm per block of prompts.
+constant (the bar a source must clear; by default replace_num / K + 0.05, see default_self_win). Selectors pick
+the arm per block of prompts.
 
 A selector may also take over how a block is labelled (`label`) and how a pool is ranked for an arm of its
 own (`pool_scores`): the four selection stages of ALGORITHMS.md §2–5 (pipeline/selection/adapters.py) do so.
@@ -91,8 +92,9 @@ class Selector:
 
     @property
     def uses_pool(self) -> bool:
-        """Whether the loop must draw the Best-of-N pool (online.n_pool samples per prompt)."""
-        return bool(self.arms)
+        """Whether the loop must draw the Best-of-N pool (online.n_pool samples per prompt): a fixed source arm
+        does; no transfer (the self arm for good) does not, whatever sources the recipe lists."""
+        return bool(self.arms) and self.arm != SELF
 
     def new_iteration(self, t: int) -> None:
         pass
@@ -134,6 +136,10 @@ class UCB(Selector):
                  seed: int = 0):
         super().__init__(arms, SELF, self_win, block_size)
         self.c, self.carry, self.seed, self.rng = c, carry, seed, random.Random(seed)
+
+    @property
+    def uses_pool(self) -> bool:
+        return bool(self.arms)  # it starts on the self arm but may choose any source
 
     def new_iteration(self, t: int) -> None:
         # Reseeded per iteration (not carried) so a run resumed at iteration t breaks ties exactly as an
@@ -191,8 +197,21 @@ def check_selector(name: str, params: dict) -> None:
         raise ValueError(f"unknown option(s) {unknown} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}{hint}")
 
 
-def build_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
+def default_self_win(k: int, replace_num: int) -> float:
+    """The self arm's win when the recipe gives none: the chance that the judge's best of the K responses is one
+    of the replace_num transferred ones by luck (replace_num / K, all K exchangeable), plus a margin of 0.05 a
+    source must clear. The paper's 0.55 is K = 8, replace_num = 4."""
+    return replace_num / k + 0.05
+
+
+def build_selector(name: str, params: dict, arms: list[str], seed: int, *, k: int = 8, replace_num: int = 4
+                   ) -> Selector:
+    """The selector `name` with its options; k and replace_num (online.k, online.replace_num) set the default
+    self_win of the selectors that weigh the self arm against sources (ucb, relevance's bandit). Their defaults
+    (8, 4) give the paper's 0.55."""
     check_selector(name, params)
+    if name in ("ucb", "relevance") and "self_win" not in params:
+        params = {**params, "self_win": default_self_win(k, replace_num)}
     if name == "none":
         return Selector(arms)
     if not arms:

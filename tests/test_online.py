@@ -116,3 +116,67 @@ def test_more_iterations_on_resume_continues_the_run(tmp_path):
     assert (tmp_path / "online" / "iter_2" / "DONE").exists()
     rows = (tmp_path / "eval" / "winrates.csv").read_text().splitlines()[1:]
     assert sorted({r.split(",")[2] for r in rows}) == ["1", "2"]  # the eval was redone for the new iterate
+
+
+def test_every_method_labels_the_same_online_samples_at_iteration_1(make_policy, tmp_path):
+    """Online samples are keyed by prompt id and seeded by (online seed, iteration) only: no transfer (no pool
+    drawn), pure exploit of a rouge source and UCB (pool of N drawn after the K) draw the same K online samples
+    at iteration 1, so the judged responses differ only at the transferred indices 0..replace_num-1."""
+    from pipeline.config import SelectorConfig
+    from pipeline.online import run_iteration, validate
+    from reward_sources.registry import build_judge, build_source
+
+    rows = world.generate(12, WorldConfig(), seed=1)
+    judge, scorers = build_judge("oracle", {}), {"rouge": build_source({"name": "rouge"})}
+    K, N, R = 3, 3, 1
+    seen = {}
+    for name, params in [("none", {}), ("fixed", {"arm": "rouge"}), ("ucb", {"block_size": 2})]:
+        cfg = OnlineConfig(prompts_per_iteration=6, k=K, n_pool=N, replace_num=R, max_new_tokens=8,
+                           gen_batch_size=5, epochs=1, batch_size=4, warmup=0, selector=SelectorConfig(name, params))
+        selector, policy = validate(cfg, list(scorers)), make_policy("t5-tiny")
+        drawn, judged = [], []
+        sample, label = policy.sample, selector.label
+        policy.sample = lambda *a, **kw: drawn.append(sample(*a, **kw)) or drawn[-1]
+        selector.label = lambda ctx: judged.extend(ctx.online) or label(ctx)
+        res = run_iteration(1, policy, rows, judge, LabelStore(tmp_path / f"{name}.sqlite"), scorers, selector, cfg,
+                            None, tmp_path)
+        seen[name] = drawn[0], judged, res["arms"]
+    online, judged_none, _ = seen["none"]
+    assert [len(ys) for ys in online] == [K] * 6 and judged_none == online  # no pool without transfer
+    assert len({y for ys in online for y in ys}) > 6  # really sampled
+    for name in ("fixed", "ucb"):
+        drawn, judged, arms = seen[name]
+        assert [ys[:K] for ys in drawn] == online and [len(ys) for ys in drawn] == [K + N] * 6
+        assert [ys[R:] for ys in judged] == [ys[R:] for ys in online]  # ys[-1]: XPO's untransferred sample too
+        per_prompt = [r["arm"] for r in arms for _ in range(r["prompts"])]
+        transferred = [p for p, arm in enumerate(per_prompt) if arm != "self"]
+        assert transferred and all(set(judged[p][:R]) <= set(drawn[p][K:]) for p in transferred)
+
+
+def test_transfer_without_a_usable_pool_is_refused(tmp_path):
+    """A source arm with no pool (UCB would credit a source with the policy's own responses) and a pool smaller
+    than replace_num: one-line errors from validate, ConfigError through the runner; no transfer needs no pool."""
+    from pipeline.config import ConfigError, SelectorConfig
+    from pipeline.online import validate
+    from pipeline.runner import build_scorers
+
+    def cfg(name, n_pool, replace_num=2, params=None):
+        return OnlineConfig(k=4, n_pool=n_pool, replace_num=replace_num, selector=SelectorConfig(name, params or {}))
+
+    no_pool = (r"^selector '{}' transfers from online.sources but online.n_pool is 0: set online.n_pool to at "
+               r"least online.replace_num \(2; .*or use selector 'none' or drop online.sources$")
+    for name, params in [("ucb", {}), ("fixed", {}), ("relevance", {}), ("dual_active", {"arm": "rouge"})]:
+        with pytest.raises(ValueError, match=no_pool.format(name)):
+            validate(cfg(name, 0, params=params), ["rouge"])
+    small = (r"^online.n_pool \(1\) is smaller than online.replace_num \(2\): Best-of-N cannot transfer 2 responses "
+             r"from a pool of 1; raise online.n_pool to at least 2 or lower online.replace_num$")
+    with pytest.raises(ValueError, match=small):
+        validate(cfg("ucb", 1), ["rouge"])
+    assert validate(cfg("ucb", 2), ["rouge"]).uses_pool
+    for name, params in [("none", {}), ("dual_active", {})]:  # these never transfer: no pool needed
+        assert not validate(cfg(name, 0, params=params), ["rouge"]).uses_pool
+    assert not validate(cfg("none", 0, replace_num=9), ["rouge"]).uses_pool
+    recipe = tiny_recipe(tmp_path, "online.sources=[{name: rouge}]", "online.selector.name=ucb", "online.n_pool=0")
+    with pytest.raises(ConfigError, match=r"online.n_pool is 0: set online.n_pool") as e:
+        build_scorers(recipe)
+    assert "\n" not in str(e.value)

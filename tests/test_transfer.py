@@ -113,3 +113,26 @@ def test_selection_stage_option_errors():
     for name, params, msg in bad:
         with pytest.raises(ValueError, match=msg):
             build_selector(name, params, ["rouge", "bertscore"], 0)
+
+
+def test_self_win_defaults_to_the_lucky_transfer_rate_plus_a_margin():
+    """self_win = replace_num / k + 0.05 unless the recipe gives it: the paper's 0.55 is 4 of 8 transferred."""
+    assert build_selector("ucb", {}, ["rouge"], 0).self_win == pytest.approx(0.55)  # defaults k=8, replace_num=4
+    assert build_selector("ucb", {}, ["rouge"], 0, k=8, replace_num=4).self_win == pytest.approx(0.55)
+    assert build_selector("ucb", {}, ["rouge"], 0, k=4, replace_num=1).self_win == pytest.approx(0.30)
+    assert build_selector("ucb", {}, ["rouge"], 0, k=3, replace_num=2).self_win == pytest.approx(2 / 3 + 0.05)
+    assert build_selector("ucb", {"self_win": 0.9}, ["rouge"], 0, k=4, replace_num=1).self_win == 0.9
+    relevance = build_selector("relevance", {"bandit": True}, ["rouge"], 0, k=4, replace_num=1)
+    assert relevance.self_win == pytest.approx(0.30)
+    relevance.new_iteration(1)
+    assert relevance.ucb.self_win == pytest.approx(0.30)  # the bandit over the composite arm uses it
+
+
+def test_validate_passes_k_and_replace_num_to_the_selector():
+    from pipeline.config import OnlineConfig, SelectorConfig
+    from pipeline.online import validate
+
+    sel = validate(OnlineConfig(k=8, n_pool=8, replace_num=2, selector=SelectorConfig("ucb", {})), ["rouge"])
+    assert sel.self_win == pytest.approx(0.30)
+    paper = validate(OnlineConfig(k=8, n_pool=32, replace_num=4, selector=SelectorConfig("ucb", {})), ["rouge"])
+    assert paper.self_win == pytest.approx(0.55)
