@@ -1,18 +1,29 @@
 """`make table RECIPE=...`: TPO against its baselines, Table-1 style (ALGORITHMS.md §1 step 10).
 
 From one shared data + SFT stage (and its source models), every method (TPO = the ucb selector, no transfer,
-pure exploit of each source, or the recipe's own list, which may name any selector, e.g. the selection stages
-relevance / dual_active / lowrank / shared) runs I online iterations for each of S seeds. Then, per iteration
-and seed, the first method's checkpoint meets each other method's on held-out test prompts under the judge
-(or, with `table.versus: <label>`, every other method meets that one, e.g. no_transfer).
-The win rate per (pair, iteration) is the mean over seeds with a t-interval over seeds (training seeds are
-the independent unit here, unlike a single run's eval where prompts are); with a single seed the interval is
-over test prompts instead (normal approximation), and the table says so.
-Each row also states the judge labels (and label cost) each method spent in that iteration, so a comparison
-is read at equal label budget, and table.md ends with each method's measured costs per iteration.
+pure exploit of each source `exploit:<source>`, or the recipe's own list, which may name any selector, e.g. the
+selection stages relevance / dual_active / lowrank / shared) runs I online iterations for each of S training
+seeds; with table.aa the baseline runs once more per seed s with training seed s + table.aa_seed_offset
+(`aa:<baseline>`), an A/A comparison whose spread is training-seed noise alone. The (method, seed) runs are
+independent: table.jobs (or --jobs N) trains up to N of them at once, each in its own process.
 
-Writes runs/<name>/table/: table.csv, table.md, winrate.png, arms_iter<t>.png (arms_<method>_iter<t>.png with
-versus), and per run runs/<name>/methods/<method>/seed<s>/ (checkpoints, labels.sqlite, arms.csv).
+Headline, when the eval judge knows the exact utility (the synthetic world's oracle): every checkpoint samples
+table.utility_samples responses on table.utility_prompts held-out test prompts with the sampling seed of its
+training seed, so all checkpoints share random numbers; per iteration, each method's utility minus the
+baseline's, paired per training seed, with a t-interval over seeds and the Bradley–Terry expected win rate
+(eval/paired.py: paired.csv, paired.md, paired.png).
+
+Secondary (the headline for judges without a utility): sampled judge win rates on the first table.n_prompts of
+those prompts and the first eval.samples_per_prompt samples (no extra generation). Per iteration and seed, the
+first method meets each other one (or, with `table.versus: <label>`, every other method meets that one), and
+the A/A run meets the baseline. The win rate per (pair, iteration) is the mean over seeds with a t-interval
+over seeds; with a single seed the interval is over test prompts instead (normal approximation), and the table
+says so. Each row states the judge labels (and label cost) each method spent in that iteration, so a
+comparison is read at equal label budget, and table.md ends with each method's measured costs per iteration.
+
+Writes runs/<name>/table/: paired.csv, paired.md, paired.png (exact-utility judges), table.csv, table.md,
+winrate.png, arms_iter<t>.png (arms_<method>_iter<t>.png with versus), and per run
+runs/<name>/methods/<method>/seed<s>/ (checkpoints, labels.sqlite, arms.csv, cached test samples).
 """
 from __future__ import annotations
 
@@ -25,18 +36,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from eval import winrate, world_report
+from eval import paired, winrate, world_report
 from pipeline import data as data_stage
 from pipeline import distributed
 from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
+from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run, seed_everything
 from pipeline.transfer import arm_names, check_selector
 
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds", "ci_over",
                 "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
+
+
+class RunFailed(RuntimeError):
+    """An online run or sampling job in a worker process failed: one line for the CLI."""
 
 
 def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
@@ -56,75 +71,188 @@ def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
     else:
         ucb_params = recipe.online.selector.params if recipe.online.selector.name == "ucb" else {}
         out = ([("tpo", SelectorConfig("ucb", dict(ucb_params))), ("no_transfer", SelectorConfig("none", {}))]
-               + [(f"exploit_{a}", SelectorConfig("fixed", {"arm": a})) for a in arm_names(recipe.online.sources)])
+               + [(f"exploit:{a}", SelectorConfig("fixed", {"arm": a})) for a in arm_names(recipe.online.sources)])
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"table.methods labels repeat: {labels}")
+    bad = [label for label in labels if label.startswith(paired.AA_PREFIX) or "/" in label]
+    if bad:
+        raise ConfigError(f"table.methods labels may not contain '/' or start with '{paired.AA_PREFIX}' (the A/A "
+                          f"row's prefix): {bad}")
     if recipe.table.versus and recipe.table.versus not in labels:
         raise ConfigError(f"table.versus '{recipe.table.versus}' is not a method of the table ({', '.join(labels)})")
+    if recipe.table.aa:
+        if recipe.table.baseline not in labels:
+            raise ConfigError(f"table.baseline '{recipe.table.baseline}' is not a method of the table "
+                              f"({', '.join(labels)}); the A/A row trains it again (or set table.aa=false)")
+        clash = sorted({s + recipe.table.aa_seed_offset for s in recipe.table.seeds} & set(recipe.table.seeds))
+        if clash:
+            raise ConfigError(f"table.aa_seed_offset={recipe.table.aa_seed_offset} makes the A/A run reuse training "
+                              f"seed(s) {clash} of table.seeds: its runs would not be independent of the baseline's")
     return out
+
+
+def aa_label(recipe: Recipe) -> str | None:
+    return f"{paired.AA_PREFIX}{recipe.table.baseline}" if recipe.table.aa else None
+
+
+def all_methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
+    """methods(), then the A/A row (the baseline's selector) when table.aa."""
+    out = methods(recipe)
+    return out + ([(aa_label(recipe), dict(out)[recipe.table.baseline])] if recipe.table.aa else [])
+
+
+def runs(recipe: Recipe) -> list[tuple[str, SelectorConfig, int, int]]:
+    """Every online run as (label, selector, seed, training seed): the A/A run of seed s trains with seed
+    s + aa_seed_offset and is paired with the baseline's seed s (same sampling seed, same directory name)."""
+    offset = {aa_label(recipe): recipe.table.aa_seed_offset}
+    return [(label, sel, s, s + offset.get(label, 0)) for label, sel in all_methods(recipe) for s in recipe.table.seeds]
 
 
 def run_dir(recipe: Recipe, method: str, seed: int) -> Path:
     return recipe.out / "methods" / method / f"seed{seed}"
 
 
-def train_all(recipe: Recipe, rows: list[dict], judge, scorers: dict) -> None:
+def _trained(recipe: Recipe, out: Path) -> bool:
+    # every iteration asked for: raising online.iterations (with --force) continues the runs
+    return (out / "online" / "DONE").exists() and all(
+        (out / "online" / f"iter_{t}" / "DONE").exists() for t in range(1, recipe.online.iterations + 1))
+
+
+def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, training_seed: int,
+              judge=None, scorers: dict | None = None) -> None:
+    """One (method, seed) online run, resumed from its DONE markers. A worker process builds its own judge and
+    sources; seeding is the same either way, so a run's results do not depend on table.jobs."""
     from pipeline.online import run_online
 
-    for label, selector in methods(recipe):
-        for seed in recipe.table.seeds:
-            out = run_dir(recipe, label, seed)
-            if (out / "online" / "DONE").exists():
-                continue
-            print(f"\n== {label}, seed {seed} ==", flush=True)
-            seed_everything(seed)
-            cfg = dataclasses.replace(recipe.online, seed=seed, selector=selector)
-            used = scorers if selector.name != "none" else {}
-            store = LabelStore(out / "labels.sqlite")
+    if judge is None:
+        judge, scorers = build_judge(recipe), build_scorers(recipe)
+    out = run_dir(recipe, label, seed)
+    print(f"\n== {label}, seed {seed}" + (f" (training seed {training_seed})" if training_seed != seed else "")
+          + " ==", flush=True)
+    seed_everything(training_seed)
+    cfg = dataclasses.replace(recipe.online, seed=training_seed, selector=selector)
+    used = scorers if selector.name != "none" else {}
+    rows = data_stage.load_split(recipe.out / "data", "train")
+    store = LabelStore(out / "labels.sqlite")
+    try:
+        run_online(recipe.policy, recipe.out / "sft" / "model", cfg, rows, judge, store, used, out / "online")
+    finally:
+        store.close()
+    atomic_write_text(out / "online" / "DONE", "")
+
+
+def train_all(recipe: Recipe, judge, scorers: dict, jobs: int = 1) -> None:
+    here = (judge, scorers) if jobs <= 1 else ()  # a worker process builds its own
+    execute([(f"online run {label} seed {seed}", train_one, (recipe, label, sel, seed, training_seed, *here))
+             for label, sel, seed, training_seed in runs(recipe)
+             if not _trained(recipe, run_dir(recipe, label, seed))], jobs, recipe.out)
+
+
+def _worker(fn, args: tuple, log_dir: Path) -> str | None:
+    """A job in a spawned process: one torch thread (TRLHF_THREADS), run.log, and its error as one line (a
+    string always crosses the process boundary; some exceptions do not unpickle)."""
+    from pipeline.runner import _setup_logging
+
+    configure_threads()
+    _setup_logging(log_dir)
+    try:
+        fn(*args)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return None
+
+
+def execute(tasks: list[tuple[str, object, tuple]], jobs: int, log_dir: Path) -> None:
+    """(description, function, args) tasks: here, in order, when jobs <= 1 (errors propagate as they are); else
+    in up to `jobs` spawned processes, a fresh one per task. There a failure cancels the queued tasks, lets those
+    running finish (what they save is resumed by a rerun), and raises RunFailed saying which failed and why."""
+    import multiprocessing
+    from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    if jobs <= 1 or not tasks:
+        for _, fn, args in tasks:
+            fn(*args)
+        return
+    if distributed.world_size() > 1:
+        raise ConfigError("table.jobs > 1 runs its own processes; do not combine it with accelerate launch / torchrun")
+    errors = []
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_worker, fn, args, log_dir): desc for desc, fn, args in tasks}
+        for fut in as_completed(futures):
             try:
-                run_online(recipe.policy, recipe.out / "sft" / "model", cfg, rows, judge, store, used, out / "online")
-            finally:
-                store.close()
-            (out / "online" / "DONE").touch()
+                err = fut.result()
+            except CancelledError:
+                continue
+            except BrokenProcessPool:
+                err = "its worker process died (killed, or out of memory)"
+            if err:
+                errors.append(f"{futures[fut]} failed: {err}")
+                print(f"error: {errors[-1]}; waiting for the jobs already running", file=sys.stderr, flush=True)
+                for f in futures:
+                    f.cancel()
+    if errors:
+        raise RunFailed("; ".join(errors) + " (finished runs and iterations are kept: rerun to resume)")
 
 
-def sample_all(recipe: Recipe, labels: list[str], rows: list[dict]) -> dict:
-    """eval.samples_per_prompt samples per test prompt for every (method, seed, iteration), cached on disk."""
+def _cache(recipe: Recipe, label: str, seed: int, t: int, prompts: int, samples: int) -> Path:
+    # named by the draw's size, so a changed setting never reads another size's samples
+    return run_dir(recipe, label, seed) / "online" / f"iter_{t}" / f"test_samples_p{prompts}_x{samples}.json"
+
+
+def _draw_key(recipe: Recipe, rows: list[dict], seed: int) -> dict:
+    """What the samples depend on besides the checkpoint: a cache that differs is drawn again."""
+    return {"prompt_ids": [r["id"] for r in rows], "eval_seed": seed, "temperature": recipe.eval.temperature,
+            "max_new_tokens": recipe.eval.max_new_tokens}
+
+
+def _cached(path: Path, key: dict):
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["samples"] if saved.get("key") == key else None
+
+
+def sample_run(recipe: Recipe, label: str, seed: int, prompts: int, samples: int) -> None:
+    """Draw and cache `samples` responses per test prompt for every iteration of one run that lacks them. The
+    sampling seed is the eval seed's (winrate.sample_test), whatever the method: common random numbers."""
     from pipeline.models import load_policy
 
-    out = {}
-    name = "test_samples.json" if recipe.eval.samples_per_prompt == 1 else \
-        f"test_samples_x{recipe.eval.samples_per_prompt}.json"
-    for label in labels:
-        for seed in recipe.table.seeds:
-            for t in range(1, recipe.online.iterations + 1):
-                cache = run_dir(recipe, label, seed) / "online" / f"iter_{t}" / name
-                if cache.exists():  # an older run's cache holds one string per prompt
-                    out[(label, seed, t)] = [[y] if isinstance(y, str) else y for y in json.loads(cache.read_text())]
-                    continue
-                policy = load_policy(policy_config(recipe, cache.parent / "model"))
-                resp = winrate.sample_test(policy, rows, recipe.eval, recipe.online.gen_batch_size, seed)
-                cache.write_text(json.dumps(resp))
-                out[(label, seed, t)] = resp
-    return out
+    rows = data_stage.load_split(recipe.out / "data", "test")[:prompts]
+    key = _draw_key(recipe, rows, seed)
+    ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
+    for t in range(1, recipe.online.iterations + 1):
+        path = _cache(recipe, label, seed, t, len(rows), samples)
+        if _cached(path, key) is None:
+            policy = load_policy(policy_config(recipe, path.parent / "model"))
+            resp = winrate.sample_test(policy, rows, ev, recipe.online.gen_batch_size, seed)
+            atomic_write_text(path, json.dumps({"key": key, "samples": resp}))
 
 
-def t_interval(x: list[float]) -> tuple[float, float, float]:
-    x = np.asarray(x, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - half, m + half
+def sample_all(recipe: Recipe, rows: list[dict], samples: int, jobs: int = 1) -> dict:
+    """(label, seed, iteration) -> `samples` responses per prompt of rows (a prefix of the test split)."""
+    keys = [(label, seed, t) for label, _ in all_methods(recipe) for seed in recipe.table.seeds
+            for t in range(1, recipe.online.iterations + 1)]
+    get = lambda k: _cached(_cache(recipe, *k, len(rows), samples), _draw_key(recipe, rows, k[1]))
+    todo = list(dict.fromkeys((label, seed) for label, seed, t in keys if get((label, seed, t)) is None))
+    tasks = [(f"sampling {label} seed {seed}", sample_run, (recipe, label, seed, len(rows), samples))
+             for label, seed in todo]
+    execute(tasks, jobs, recipe.out)
+    return {k: get(k) for k in keys}
 
 
 def pairings(recipe: Recipe) -> list[tuple[str, str]]:
-    """(method_a, method_b) rows: the first method vs each other one, or each other method vs table.versus."""
+    """(method_a, method_b) rows: the first method vs each other one, or each other method vs table.versus; then
+    the A/A run vs the baseline."""
     labels = [m for m, _ in methods(recipe)]
     if recipe.table.versus:
-        return [(a, recipe.table.versus) for a in labels if a != recipe.table.versus]
-    return [(labels[0], b) for b in labels[1:]]
+        out = [(a, recipe.table.versus) for a in labels if a != recipe.table.versus]
+    else:
+        out = [(labels[0], b) for b in labels[1:]]
+    return out + ([(aa_label(recipe), recipe.table.baseline)] if recipe.table.aa else [])
 
 
 def spent(recipe: Recipe, method: str, t: int) -> tuple[float | None, float | None]:
@@ -151,7 +279,7 @@ def compare(recipe: Recipe, rows, samples, judge, store) -> list[dict]:
                 rates.append(sum(valid) / len(valid))
                 outs += valid
             if len(rates) > 1:
-                m, lo, hi = t_interval(rates)
+                m, lo, hi = paired.paired_interval(rates)
                 over = "seeds"
             else:  # one training seed: the only replication left is the test prompts
                 m, lo, hi = winrate.mean_ci(outs)
@@ -188,7 +316,7 @@ def costs(recipe: Recipe) -> list[dict]:
     """Measured per method (means over seeds and iterations): generation seconds per 10,000 responses, seconds
     of Best-of-N + labelling + selection per iteration, update seconds, judge labels and label cost."""
     out = []
-    for label, sel in methods(recipe):
+    for label, sel in all_methods(recipe):
         ms = []
         for seed in recipe.table.seeds:
             for t in range(1, recipe.online.iterations + 1):
@@ -255,21 +383,52 @@ def plot_arms(recipe: Recipe, method: str, out: Path, prefix: str = "arms_iter")
     return paths
 
 
-def make_table(recipe: Recipe, force: bool = False) -> list[dict]:
+def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out: Path) -> str:
+    """paired.csv / .md / .png from the exact utilities of every checkpoint's samples; returns the markdown."""
+    n, k = min(recipe.table.utility_prompts, len(rows)), recipe.table.utility_samples
+    flat_rows = [r for r in rows[:n] for _ in range(k)]
+    u = {key: np.array(judge.utility(flat_rows, [y for ys in resp[:n] for y in ys[:k]])).reshape(n, k)
+         for key, resp in samples.items()}
+    labels = [label for label, _ in all_methods(recipe)]
+    temperature = getattr(judge, "temperature", 0.0)  # none: a noiseless judge
+    rows_out = paired.paired_rows(u, recipe.table.baseline, temperature, labels)
+    md = paired.write(out, rows_out, paired.header(judge.name, recipe.table.seeds, n, k, temperature))
+    paired.plot(rows_out, out / "paired.png", f"{recipe.name}: Δ exact utility vs {recipe.table.baseline}")
+    return md
+
+
+def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> list[dict]:
     t0 = time.time()
+    jobs = recipe.table.jobs if jobs is None else jobs
     methods(recipe)  # a wrong method name or option fails before any stage runs
+    tc = recipe.table
+    if min(tc.n_prompts, tc.utility_prompts, tc.utility_samples, recipe.eval.samples_per_prompt) < 1:
+        raise ConfigError("table.n_prompts, table.utility_prompts, table.utility_samples and "
+                          "eval.samples_per_prompt must be >= 1")
     run(recipe, until="sources", force=force)
     seed_everything(recipe.seed)
     judge = build_judge(recipe)
     scorers = build_scorers(recipe)
     print(world_report.report(recipe, scorers), flush=True)
-    train_rows = data_stage.load_split(recipe.out / "data", "train")
-    train_all(recipe, train_rows, judge, scorers)
-    test_rows = data_stage.load_split(recipe.out / "data", "test")[: recipe.table.n_prompts]
+    if jobs > 1:  # the workers build their own; the parent's would only hold (GPU) memory meanwhile
+        judge = scorers = None
     eval_judge = build_judge(recipe, recipe.eval.judge)
-    samples = sample_all(recipe, [m for m, _ in methods(recipe)], test_rows)
+    exact = hasattr(eval_judge, "utility")  # the synthetic world's oracle knows each summary's utility
+    if exact and tc.baseline not in [m for m, _ in methods(recipe)]:
+        raise ConfigError(f"table.baseline '{tc.baseline}' is not a method of the table: the exact-utility headline "
+                          f"pairs every method with it ({', '.join(m for m, _ in methods(recipe))})")
+    train_all(recipe, judge, scorers, jobs)
+    # one draw serves both tables: the win rates read a prefix of its prompts and of each prompt's samples
+    n_draw, k_draw = ((max(tc.n_prompts, tc.utility_prompts), max(recipe.eval.samples_per_prompt, tc.utility_samples))
+                      if exact else (tc.n_prompts, recipe.eval.samples_per_prompt))
+    drawn_rows = data_stage.load_split(recipe.out / "data", "test")[:n_draw]
+    drawn = sample_all(recipe, drawn_rows, k_draw, jobs)
     out = recipe.out / "table"
     out.mkdir(parents=True, exist_ok=True)
+    headline = utility_headline(recipe, eval_judge, drawn_rows, drawn, out) if exact else None
+    test_rows = drawn_rows[: tc.n_prompts]
+    per = recipe.eval.samples_per_prompt
+    samples = {key: [ys[:per] for ys in resp[: tc.n_prompts]] for key, resp in drawn.items()}
     store = LabelStore(out / "labels.sqlite")
     table = compare(recipe, test_rows, samples, eval_judge, store)
     store.close()
@@ -278,7 +437,6 @@ def make_table(recipe: Recipe, force: bool = False) -> list[dict]:
     ci = ("mean ± 95% t-interval over seeds" if table[0]["ci_over"] == "seeds" else
           "one training seed: win rate over test prompts ± 95% normal interval over prompts (ties count 0.5)")
     cost_md = costs_markdown(costs(recipe))
-    per = recipe.eval.samples_per_prompt
     per = f" x {per} paired samples each" if per > 1 else ""
     (out / "table.md").write_text(f"Judge: {eval_judge.name}; seeds {recipe.table.seeds}; {len(test_rows)} test "
                                   f"prompts{per}; win rate of method vs the other in %, {ci}\n\n{md}\n\n"
@@ -287,11 +445,14 @@ def make_table(recipe: Recipe, force: bool = False) -> list[dict]:
     winrate.plot([dict(r, policy_a=r["method_a"], policy_b=r["method_b"], win_rate=r["mean_win_rate"])
                   for r in table], out / "winrate.png", f"{recipe.name}: {title}")
     if recipe.table.versus:
-        for a in dict.fromkeys(r["method_a"] for r in table):
+        for a in dict.fromkeys(r["method_a"] for r in table if r["method_a"] != aa_label(recipe)):
             plot_arms(recipe, a, out, prefix=f"arms_{a}_iter")
     else:
         plot_arms(recipe, table[0]["method_a"], out)
-    print(f"\n{md}\n\n{cost_md}\n\ntable done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
+    print(f"\nSampled judge win rates ({eval_judge.name}):\n\n{md}\n\n{cost_md}", flush=True)
+    if headline:
+        print(f"\n{headline}\n\nheadline: {out / 'paired.md'} ({out / 'paired.csv'}, {out / 'paired.png'})")
+    print(f"\ntable done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
     return table
 
 
@@ -299,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.table", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="online runs trained (and checkpoints sampled) at once, each in its own process; "
+                             "overrides table.jobs")
     args, overrides = parser.parse_known_args(argv)
     configure_threads()
     from pipeline.__main__ import check_names
@@ -310,11 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, overrides)
         check_names(recipe)
-        make_table(recipe, force=args.force)
+        make_table(recipe, force=args.force, jobs=args.jobs)
     except (ConfigError, DataError, ModelError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (OnlineStopped, FloatingPointError) as e:  # finished runs and iterations are kept for a rerun
+    except (OnlineStopped, FloatingPointError, RunFailed) as e:  # finished runs and iterations are kept for a rerun
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -7,9 +7,9 @@ shared sampling seed, so checkpoints are compared on common random numbers. Repo
 utility with a 95% interval over prompts. Against the first checkpoint: the mean utility difference, the
 noise-free win rate (utility a > b, ties count 0.5, sample j against sample j), and the win rate that a
 Bradley–Terry judge of temperature t gives in expectation, mean σ((u_a − u_b)/t). The last one is what
-`make table` estimates with the oracle judge (t = 0.5) from one draw per prompt, so this tool shows how far a
-table's figure can be from its expectation (issue 4). A second table says what the utility is made of: planted
-facts stated, names and numbers invented, words per summary.
+a sampled oracle win rate (t = 0.5) estimates from one draw per prompt, so this tool shows how far such a figure
+can be from its expectation (issue 4); `make table` reports it per training seed in paired.md. A second table
+says what the utility is made of: planted facts stated, names and numbers invented, words per summary.
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def behaviour(rows: list[dict], drawn: list[list[str]]) -> dict:
 def compare(u: dict[str, np.ndarray], bt_temperature: float = 0.5) -> list[dict]:
     """One row per checkpoint: mean utility ± 95% over prompts; against the first checkpoint, the paired
     differences and win rates (in %)."""
+    from eval.paired import expected_win_rate
+
     base_label, base = next(iter(u.items()))
     out = []
     for label, a in u.items():
@@ -55,10 +57,9 @@ def compare(u: dict[str, np.ndarray], bt_temperature: float = 0.5) -> list[dict]
         half = 1.96 * per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)) if len(per_prompt) > 1 else float("nan")
         row = {"checkpoint": label, "mean_utility": float(a.mean()), "ci_half": float(half)}
         if label != base_label:
-            d = a - base
-            row |= {"vs": base_label, "utility_diff": float(d.mean()),
-                    "noise_free_win": float(100 * ((d > 0) + 0.5 * (d == 0)).mean()),
-                    "bt_expected_win": float(100 * (1 / (1 + np.exp(-d / bt_temperature))).mean())}
+            row |= {"vs": base_label, "utility_diff": float((a - base).mean()),
+                    "noise_free_win": 100 * expected_win_rate(a, base, 0),
+                    "bt_expected_win": 100 * expected_win_rate(a, base, bt_temperature)}
         out.append(row)
     return out
 

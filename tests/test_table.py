@@ -1,15 +1,24 @@
 import csv
+import json
+import shutil
 
 import numpy as np
 import pytest
 
-from eval.table import make_table, methods, pairings, t_interval
+from eval.paired import paired_interval
+from eval.table import RunFailed, make_table, methods, pairings, run_dir, runs, sample_all, train_all
 from pipeline.config import ConfigError, load_recipe
+from pipeline.data import load_split
 
 
-def test_t_interval():
-    m, lo, hi = t_interval([0.4, 0.5, 0.6])
+def test_win_rate_interval_over_seeds():
+    m, lo, hi = paired_interval([0.4, 0.5, 0.6])
     assert m == 0.5 and abs((hi - m) - 4.302653 * 0.1 / 3 ** 0.5) < 1e-6 and abs((m - lo) - (hi - m)) < 1e-12
+
+
+def _metrics(recipe, method, seed, t):
+    m = json.loads((run_dir(recipe, method, seed) / "online" / f"iter_{t}" / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if not k.endswith("_s")}  # wall-clock timings differ run to run
 
 
 def test_tiny_table_end_to_end(tmp_path):
@@ -19,36 +28,65 @@ def test_tiny_table_end_to_end(tmp_path):
         "online.sources=[{name: rouge}]", "online.n_pool=3", "online.k=3", "online.replace_num=1",
         "online.selector.name=ucb", "online.selector.params={block_size: 2}",
         "online.iterations=2", "online.prompts_per_iteration=6", "online.max_new_tokens=6",
-        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0, 1]", "table.n_prompts=6"])
-    assert [m for m, _ in methods(recipe)] == ["tpo", "no_transfer", "exploit_rouge"]
+        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0, 1]", "table.n_prompts=6",
+        "table.utility_prompts=7", "table.utility_samples=2"])
+    assert [m for m, _ in methods(recipe)] == ["tpo", "no_transfer", "exploit:rouge"]
+    assert [(m, s, ts) for m, _, s, ts in runs(recipe)][-2:] == [("aa:no_transfer", 0, 1000),
+                                                                 ("aa:no_transfer", 1, 1001)]
     table = make_table(recipe)
-    with open(tmp_path / "table" / "table.csv", newline="") as fh:
+    out = tmp_path / "table"
+    with open(out / "table.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds",
                              "ci_over", "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
     assert {r["ci_over"] for r in rows} == {"seeds"} and {r["labels_a"] for r in rows} == {"18.0"}
-    assert [(r["method_b"], r["iteration"]) for r in rows] == [
-        ("no_transfer", "1"), ("no_transfer", "2"), ("exploit_rouge", "1"), ("exploit_rouge", "2")]
+    assert [(r["method_a"], r["method_b"], r["iteration"]) for r in rows] == [
+        ("tpo", "no_transfer", "1"), ("tpo", "no_transfer", "2"), ("tpo", "exploit:rouge", "1"),
+        ("tpo", "exploit:rouge", "2"), ("aa:no_transfer", "no_transfer", "1"), ("aa:no_transfer", "no_transfer", "2")]
     assert all(0 <= t["mean_win_rate"] <= 1 and t["seeds"] == 2 for t in table)
-    with open(tmp_path / "methods" / "exploit_rouge" / "seed0" / "arms.csv", newline="") as fh:
+
+    # the headline: exact utilities paired per training seed, the A/A row last
+    with open(out / "paired.csv", newline="") as fh:
+        paired = list(csv.DictReader(fh))
+    assert [(r["method"], r["baseline"], r["iteration"], r["seeds"]) for r in paired] == [
+        (m, "no_transfer", str(t), "2") for m in ("tpo", "exploit:rouge", "aa:no_transfer") for t in (1, 2)]
+    for r in paired:
+        assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
+        assert 0 <= float(r["expected_win_rate"]) <= 1
+    md = (out / "paired.md").read_text()
+    assert "7 test prompts × 2 samples" in md and "| aa:no_transfer | no_transfer | Δu " in md
+    assert (out / "paired.png").exists()
+    # the A/A run is the baseline's selector with other training seeds: another run, not a copy
+    assert _metrics(recipe, "aa:no_transfer", 0, 1)["arms"] == _metrics(recipe, "no_transfer", 0, 1)["arms"]
+    assert _metrics(recipe, "aa:no_transfer", 0, 1) != _metrics(recipe, "no_transfer", 0, 1)
+    # one draw per checkpoint (7 prompts x 2 samples) serves both tables
+    it1 = run_dir(recipe, "tpo", 0) / "online" / "iter_1"
+    assert sorted(p.name for p in it1.glob("test_samples*")) == ["test_samples_p7_x2.json"]
+
+    with open(tmp_path / "methods" / "exploit:rouge" / "seed0" / "arms.csv", newline="") as fh:
         arms = list(csv.DictReader(fh))
     assert {a["arm"] for a in arms} == {"rouge"} and sum(int(a["prompts"]) for a in arms) == 12
     with open(tmp_path / "methods" / "tpo" / "seed0" / "arms.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 3  # 6 prompts in blocks of 2, per iteration
-    assert (tmp_path / "table" / "arms_iter1.png").exists() and (tmp_path / "world_report.md").exists()
+    assert (out / "arms_iter1.png").exists() and (tmp_path / "world_report.md").exists()
+
+    # a rerun finds every run and sample cached, and gives the same headline
+    make_table(recipe)
+    assert (out / "paired.md").read_text() == md
 
 
 TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",
         "sft.batch_size=8", "sft.eval_examples=0", "online.sources=[{name: rouge}]", "online.n_pool=3", "online.k=3",
         "online.replace_num=1", "online.iterations=1", "online.prompts_per_iteration=6", "online.max_new_tokens=6",
-        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0]", "table.n_prompts=6"]
+        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0]", "table.n_prompts=6",
+        "table.utility_prompts=6", "table.utility_samples=2"]
 STAGES = ("table.methods=[{label: no_transfer, selector: {name: none}}, "
           "{label: dual, selector: {name: dual_active, params: {dim: 4, batch: 4}}}, "
           "{label: proxy, selector: {name: shared, params: {dim: 4, steps: 30}}}]")
 
 
 def test_selection_stages_as_table_rows_versus_no_transfer(tmp_path):
-    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=no_transfer"])
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=no_transfer", "table.aa=false"])
     assert pairings(recipe) == [("dual", "no_transfer"), ("proxy", "no_transfer")]
     table = make_table(recipe)
     assert [(r["method_a"], r["method_b"], r["iteration"]) for r in table] == [
@@ -60,6 +98,39 @@ def test_selection_stages_as_table_rows_versus_no_transfer(tmp_path):
     md = (tmp_path / "table" / "table.md").read_text()
     assert "| dual | no_transfer |" in md and "generation s per 10k responses" in md and "over test prompts" in md
     assert (tmp_path / "table" / "arms_dual_iter1.png").exists()
+    with open(tmp_path / "table" / "paired.csv", newline="") as fh:  # no A/A row; one seed: no interval
+        paired = list(csv.DictReader(fh))
+    assert [(r["method"], r["seeds"], r["ci_low"]) for r in paired] == [("dual", "1", "nan"), ("proxy", "1", "nan")]
+
+
+def test_jobs_give_the_same_runs_and_a_failure_is_one_line(tmp_path):
+    from pipeline.runner import build_judge, build_scorers, run
+
+    two = ("table.methods=[{label: no_transfer, selector: {name: none}}, "
+           "{label: rouge, selector: {name: fixed, params: {arm: rouge}}}]")
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY, two, "table.aa=false"])
+    run(recipe, until="sources")
+    judge, scorers = build_judge(recipe), build_scorers(recipe)
+    train_all(recipe, judge, scorers, jobs=1)
+    serial = {m: _metrics(recipe, m, 0, 1) for m in ("no_transfer", "rouge")}
+    shutil.move(tmp_path / "methods", tmp_path / "methods_serial")
+    train_all(recipe, judge, scorers, jobs=2)
+    for m in ("no_transfer", "rouge"):
+        assert _metrics(recipe, m, 0, 1) == serial[m]
+        got = (run_dir(recipe, m, 0) / "online" / "iter_1" / "model" / "model.safetensors").read_bytes()
+        assert got == (tmp_path / "methods_serial" / m / "seed0" / "online" / "iter_1" / "model" /
+                       "model.safetensors").read_bytes()
+    rows = load_split(tmp_path / "data", "test")[:4]  # sampling the checkpoints in workers draws the same samples
+    drawn = sample_all(recipe, rows, 2, jobs=2)
+    for cache in (tmp_path / "methods").rglob("test_samples_p4_x2.json"):
+        cache.unlink()
+    assert sample_all(recipe, rows, 2, jobs=1) == drawn and len(drawn) == 2 and None not in drawn.values()
+
+    shutil.rmtree(tmp_path / "methods")
+    shutil.move(tmp_path / "sft" / "model", tmp_path / "sft" / "gone")  # every worker fails to load its start
+    with pytest.raises(RunFailed, match=r"^online run (no_transfer|rouge) seed 0 failed: \w+") as e:
+        train_all(recipe, judge, scorers, jobs=2)
+    assert "\n" not in str(e.value)
 
 
 def test_table_method_errors_fail_before_any_stage(tmp_path):
@@ -70,6 +141,10 @@ def test_table_method_errors_fail_before_any_stage(tmp_path):
         methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES.replace("steps: 30", "stepz: 30")]))
     with pytest.raises(ConfigError, match="table.versus 'baseline' is not a method"):
         make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.versus=baseline"]))
+    with pytest.raises(ConfigError, match="table.baseline 'tpo' is not a method.*A/A"):
+        make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.baseline=tpo"]))
+    with pytest.raises(ConfigError, match="reuse training seed"):
+        methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, "table.seeds=[0, 1]", "table.aa_seed_offset=1"]))
     assert not (tmp_path / "data").exists()
 
 
@@ -153,7 +228,7 @@ def test_behaviour_counts_facts_invented_names_and_words():
     exact = f"{f['person']} has {f['number']} {f['event']}"  # person, number, event stated; nothing invented
     b = behaviour([row], [[exact, "Zzqx Qqzz said 123456"]])
     assert (b["person"], b["number"], b["event"], b["place"]) == (0.5, 0.5, 0.5, 0.0)
-    assert b["invented_per_summary"] == 1.5  # Zzqx, Qqzz, 123456 in the second summary
+    assert b["invented_per_summary"] == 1.0  # one invented name (Zzqx Qqzz) and 123456 in the second summary
     assert b["words_per_summary"] == (len(world.words(exact)) + 4) / 2
 
 
