@@ -55,7 +55,8 @@ def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
     if saved.exists():
-        changed = _diff(yaml.safe_load(saved.read_text()), to_dict(recipe))
+        # how many processes train at once changes no result: not a change of recipe
+        changed = [k for k in _diff(yaml.safe_load(saved.read_text()), to_dict(recipe)) if k != "table.jobs"]
         if changed and not force:
             raise ConfigError(f"recipe changed since {out} was started ({', '.join(changed[:6])}); "
                               "rerun with --force to accept, or set run_dir to a new directory")

@@ -208,7 +208,7 @@ def test_lowrank_asks_a_persona_population_and_scores_by_prs(tiny, tmp_path):
     # Scores are the PRS lower bounds of the rank-2 factorised fit under the target mix of contexts.
     last = sel.last
     assert np.linalg.matrix_rank(last["model"].Theta, tol=1e-8) == 2
-    assert np.allclose(last["x_target"], [0.0, 0.25, 0.75, 0.0])  # cautious, concise, default, facts_first
+    assert np.allclose(last["x_target"], [0.0, 0.25, 0.0, 0.75, 0.0])  # cautious, concise, coverage, default, facts_first
     for p in range(3):
         assert np.allclose(last["scores"][p], last["model"].lcb(last["x_target"], last["phi"][p], 1.0))
     assert m["pairs"] > 0
