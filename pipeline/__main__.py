@@ -115,6 +115,16 @@ def check_names(recipe) -> None:
         check_selector(recipe.online.selector.name, recipe.online.selector.params)
     except ValueError as e:
         raise ConfigError(f"online.selector.params: {e}") from None
+    if recipe.online.selector.name in ("none", "fixed", "ucb"):  # cheap to build: k, pool and arm rules now
+        from pipeline.online import validate
+        from pipeline.transfer import arm_names
+
+        try:
+            validate(recipe.online, arm_names(recipe.online.sources))
+        except (KeyError, TypeError):
+            raise ConfigError("each entry of online.sources needs a 'name', e.g. {name: rouge}") from None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 if __name__ == "__main__":

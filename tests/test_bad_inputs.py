@@ -118,6 +118,22 @@ def test_unknown_names_fail_before_any_stage_runs(recipe_file, tmp_path, capsys,
     assert not (tmp_path / "run").exists()  # nothing ran: no data, no SFT minutes spent first
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["online.n_pool=0"], "selector 'ucb' transfers from online.sources but online.n_pool is 0"),
+    (["online.n_pool=1", "online.replace_num=2"], "online.n_pool (1) is smaller than online.replace_num (2)"),
+    (["online.selector={name: fixed, params: {arm: rouge}}", "online.n_pool=0"],
+     "selector 'fixed' transfers from online.sources but online.n_pool is 0"),
+    (["online.k=1"], "online.k must be at least 2"),
+])
+def test_transfer_with_nothing_to_transfer_fails_before_any_stage_runs(recipe_file, tmp_path, capsys, overrides,
+                                                                      message):
+    rc, line = cli(capsys, "run", str(recipe_file), "online.sources=[{name: rouge}]",
+                   "online.selector={name: ucb, params: {block_size: 2}}", "online.n_pool=2", "online.replace_num=1",
+                   *overrides)
+    assert rc == 2 and line.startswith(f"error: {message}"), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_override_without_equals(recipe_file, capsys):
     assert cli(capsys, "run", str(recipe_file), "online.beta") == (2, "error: override 'online.beta' must look like key.sub=value")
 
