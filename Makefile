@@ -5,7 +5,7 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow run sft table stages validate bench clean
+.PHONY: venv demo test test-slow run sft table diagnose stages validate bench clean
 
 venv: .venv/.ready
 .venv/.ready: pyproject.toml
@@ -34,6 +34,11 @@ sft: venv
 
 table: venv
 	$(PY) -m eval.table $(RECIPE) $(ARGS)
+
+# The go/no-go diagnostic of a recipe's world (fact rates, coverage in K vs K+N, sources vs the judge); run it
+# before a table: make diagnose RECIPE=recipes/table.yaml
+diagnose: venv
+	$(PY) -m eval.world_report $(RECIPE) $(ARGS)
 
 # Speed: per-stage throughput, iteration breakdowns and the four side-by-side ratios -> runs/bench/results.{json,md}
 bench: venv
