@@ -1,4 +1,4 @@
-"""`make table RECIPE=...`: TPO against its baselines, Table-1 style (ALGORITHMS.md §1 step 10).
+"""`make table RECIPE=...`: TPO against its baselines, Table-1 style (docs/algorithms.md §1 step 10).
 
 From one shared data + SFT stage (and its source models), every method (TPO = the ucb selector, no transfer,
 pure exploit of each source `exploit:<source>`, or the recipe's own list, which may name any selector, e.g. the

@@ -8,7 +8,7 @@ utility with a 95% interval over prompts. Against the first checkpoint: the mean
 noise-free win rate (utility a > b, ties count 0.5, sample j against sample j), and the win rate that a
 Bradley–Terry judge of temperature t gives in expectation, mean σ((u_a − u_b)/t). The last one is what
 a sampled oracle win rate (t = 0.5) estimates from one draw per prompt, so this tool shows how far such a figure
-can be from its expectation (issue 4); `make table` reports it per training seed in paired.md. A second table
+can be from its expectation (docs/testbed.md §4); `make table` reports it per training seed in paired.md. A second table
 says what the utility is made of: planted facts stated, names and numbers invented, words per summary.
 """
 from __future__ import annotations

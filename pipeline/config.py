@@ -101,14 +101,14 @@ class SFTConfig:
 
 @dataclass
 class JudgeConfig:
-    name: str = f("oracle", "the simulated human: oracle | reward_model | pairwise_llm")
+    name: str = f("oracle", "the simulated human: oracle | reward_model | pairwise_llm | pairwise_http | python")
     params: dict = f({}, "judge options (oracle: temperature, persona, teacher; reward_model/pairwise_llm: model...)")
 
 
 @dataclass
 class SelectorConfig:
     name: str = f("none", "which source to transfer from, or which labels to ask: none | fixed | ucb | relevance | "
-                          "dual_active | lowrank | shared (ALGORITHMS.md §2-5; pipeline/selection/adapters.py)")
+                          "dual_active | lowrank | shared (docs/algorithms.md §2-5; pipeline/selection/adapters.py)")
     params: dict = f({}, "selector options (ucb: c, block_size, self_win, carry; fixed: arm; the stages' options "
                          "are listed in pipeline/transfer.py SELECTOR_KEYS and documented in pipeline/selection/adapters.py)")
 

@@ -7,8 +7,8 @@ h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)]   (s
   exploration bonus α·log π(ỹ|x), with ỹ a response drawn from the reference policy. Minimising it pushes
   probability mass away from what π_ref already produces (optimism). In our loop the reference is the
   previous iterate, which is also the sampling policy, so ỹ is an untransferred online sample of the same
-  prompt (see online.py). The TPO reference code is known to use a different version of this term (ALGORITHMS.md
-  §1); we could not inspect it offline, so we implement the published term, which is also what TRL's XPO
+  prompt (see online.py). The TPO reference code is known to use a different version of this term (docs/algorithms.md
+  §7); we could not inspect it offline, so we implement the published term, which is also what TRL's XPO
   trainer computes (α times the policy's log-prob of reference-model completions).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Online stage: the iterations of ALGORITHMS.md §1, readable top to bottom.
+"""Online stage: the iterations of docs/algorithms.md §1, readable top to bottom.
 
 Per iteration: a fresh seeded draw of prompts; K + N samples per prompt from the current policy; per block
 of prompts the selector picks an arm, Best-of-N transfer replaces online responses, the judge labels all K

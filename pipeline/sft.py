@@ -25,7 +25,7 @@ from pipeline.models import Policy
 
 log = logging.getLogger(__name__)
 # More passes than this over the train split and a small policy starts to recite the references of the very
-# rows that the online stage later draws its prompts from (issue 4: transfer then taught recall that did not
+# rows that the online stage later draws its prompts from (docs/testbed.md: transfer then taught recall that did not
 # carry over to held-out prompts).
 MEMORIZATION_EPOCHS = 3.0
 

@@ -1,4 +1,4 @@
-"""Transfer from source rewards (TPO, ALGORITHMS.md §1 steps 3–6): Best-of-N transfer arms and selectors.
+"""Transfer from source rewards (TPO, docs/algorithms.md §1 steps 3–6): Best-of-N transfer arms and selectors.
 
 A source's transfer policy is Best-of-N over the current policy's pool ranked by that source; its top
 `replace_num` responses replace online responses 0..replace_num-1 of the prompt. The win signal of a source
@@ -7,7 +7,7 @@ constant (the bar a source must clear; by default replace_num / K + 0.05, see de
 the arm per block of prompts.
 
 A selector may also take over how a block is labelled (`label`) and how a pool is ranked for an arm of its
-own (`pool_scores`): the four selection stages of ALGORITHMS.md §2–5 (pipeline/selection/adapters.py) do so.
+own (`pool_scores`): the four selection stages of docs/algorithms.md §2–5 (pipeline/selection/adapters.py) do so.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ class Selector:
 
     def label(self, ctx) -> list[list[float | None]]:
         """Per-response scores of a block (ctx: pipeline.selection.loop.LabelContext). Default: the judge
-        scores all K online responses, through the label store (ALGORITHMS.md §1 step 4)."""
+        scores all K online responses, through the label store (docs/algorithms.md §1 step 4)."""
         from pipeline.online import label_responses
 
         return label_responses(ctx.store, ctx.judge, ctx.rows, ctx.online, ctx.iteration, ctx.seed, ctx.judge_stats)

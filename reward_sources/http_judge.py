@@ -1,7 +1,7 @@
 """Pairwise judge behind an OpenAI-compatible chat-completions server (vLLM, llama.cpp server, TGI, OpenAI).
 
 The judge of pairwise_llm (same prompt, both orders, "A"/"B" parsing, order-dependent answers = 0.5 tie) with the
-model served separately, so that it scales on its own (DESIGN.md, Scale). Standard library only (urllib).
+model served separately, so that it scales on its own (docs/architecture.md). Standard library only (urllib).
 
 Params: base_url (e.g. http://localhost:8000/v1), model, api_key_env (the NAME of the environment variable holding
 the key; default OPENAI_API_KEY, no key sent when that default is unset), timeout (seconds per request),

@@ -8,7 +8,7 @@ None, a failure that the caller records (never silently dropped). Decoding is gr
 The model is pluggable: params `model` (anything `pipeline.models.load_policy` loads; default 'gguf:smollm2')
 or `ctx.extra["generate"]`, a callable(prompts: list[str]) -> list[str] (tests inject fakes; a served judge
 behind an HTTP API can be wrapped the same way). SmolLM2-135M answers "A" whatever it is shown (measured, see
-DESIGN.md): with both orders it comes out as all ties, which is why it is no default judge anywhere.
+docs/architecture.md): with both orders it comes out as all ties, which is why it is no default judge anywhere.
 
 For a causal model the prompt is [instruction + document | summaries + question]; the first part is the same
 for every pair of one document, so its KV cache is computed once and shared (tested equal to plain greedy

@@ -1,4 +1,4 @@
-"""Selection stages that plug into the online loop (ALGORITHMS.md §2–5), as plain numpy/torch estimators.
+"""Selection stages that plug into the online loop (docs/algorithms.md §2–5), as plain numpy/torch estimators.
 
 - relevance   — source relevance ν̂ to the judge, budget split, composite source (Chen & Wang)
 - dual_active — which pairs to ask which judge: greedy D-optimal design, β̂ per judge, LCB (Liu, Shi, Sun)

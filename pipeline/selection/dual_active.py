@@ -1,6 +1,6 @@
 """Dual active learning: which pairs to ask, and which teacher (Liu, Shi, Sun — arXiv 2410.02504).
 
-Model (ALGORITHMS.md §3). Teacher k prefers y1 over y0 with probability σ(β_k θᵀz), z = φ(y1) − φ(y0),
+Model (docs/algorithms.md §3). Teacher k prefers y1 over y0 with probability σ(β_k θᵀz), z = φ(y1) − φ(y0),
 β_k ≥ 0 the teacher's rationality. The scale is pinned by ‖θ‖ = 1 (and the sign by Σβ_k ≥ 0).
 
 - Estimation: joint MLE of (θ, β), by alternating two convex problems solved exactly (inferred; the paper

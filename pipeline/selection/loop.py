@@ -1,4 +1,4 @@
-"""The selection stages inside the online loop: what they share (ALGORITHMS.md §2–5; the selectors themselves
+"""The selection stages inside the online loop: what they share (docs/algorithms.md §2–5; the selectors themselves
 are in pipeline/selection/adapters.py).
 
 - LabelContext: what a selector sees of one block when it labels it (rows, online responses, pool, the

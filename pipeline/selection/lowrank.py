@@ -1,6 +1,6 @@
 """LoCo-RLHF: low-rank contextual reward from heterogeneous feedback (Lee, Sun, Liu — arXiv 2412.19436).
 
-Model (ALGORITHMS.md §4). r(x, s, a) = xᵀ Θ φ(s, a), x ∈ R^{d_x} the annotator's context, φ ∈ R^{d_φ} the
+Model (docs/algorithms.md §4). r(x, s, a) = xᵀ Θ φ(s, a), x ∈ R^{d_x} the annotator's context, φ ∈ R^{d_φ} the
 query-answer features, Θ of rank r. A preference between a1 and a0 for (x, s) has P = σ(xᵀ Θ z), z = φ1 − φ0,
 so each label is a logistic observation of ⟨Θ, x zᵀ⟩.
 

@@ -1,6 +1,6 @@
 """Source relevance by multi-task Bradley–Terry (Chen & Wang, "Provable multi-task RLHF", arXiv 2405.11226).
 
-Model (ALGORITHMS.md §2). Source task m prefers y1 over y0 with probability σ(⟨B w_m, z⟩), z = φ(y1) − φ(y0),
+Model (docs/algorithms.md §2). Source task m prefers y1 over y0 with probability σ(⟨B w_m, z⟩), z = φ(y1) − φ(y0),
 where B (d×k, orthonormal) is shared by all tasks and w_m ∈ R^k is task m's head. The target (the judge) has
 head w_T = W ν, W = [w_1 … w_M]; ν is the relevance of each source to the target.
 

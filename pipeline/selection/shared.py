@@ -1,5 +1,5 @@
 """Shared representations across reward tasks (D'Eramo et al., "Sharing knowledge in multi-task deep
-reinforcement learning" — ALGORITHMS.md §5, arXiv 2401.09561).
+reinforcement learning" — docs/algorithms.md §5, arXiv 2401.09561).
 
 Architecture: per-task input adapter → shared trunk → per-task head. Training minimises the average of the
 per-task losses, each estimated on an equal-size minibatch from every task. Transfer: load the shared trunk
