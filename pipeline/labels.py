@@ -143,3 +143,43 @@ class LabelStore:
 
     def close(self):
         self.db.close()
+
+
+# ---------------------------------------------------------------- labelling a block through the store
+
+
+def label_responses(store: LabelStore, judge, rows: list[dict], responses: list[list[str]], iteration,
+                    seed: int, stats: dict | None = None) -> list[list[float | None]]:
+    """Judge scores for every response of every prompt (pairwise judges: round-robin wins, both orders).
+
+    A failed judge answer (None: the judge raised or gave NaN, see LabelStore) is no score: a scalar response
+    scores None, a pairwise response whose every comparison failed scores None. `stats`, when given, gets
+    "labels" and "failed" counts added (for online.max_judge_failure_rate)."""
+    if judge.kind == "scalar":
+        flat_rows = [r for r, ys in zip(rows, responses) for _ in ys]
+        flat = store.scalar(judge, flat_rows, [y for ys in responses for y in ys], iteration, seed)
+        count_answers(stats, flat)
+        out, i = [], 0
+        for ys in responses:
+            out.append(flat[i : i + len(ys)])
+            i += len(ys)
+        return out
+    idx = [(p, i, j) for p, ys in enumerate(responses) for i in range(len(ys)) for j in range(i + 1, len(ys))]
+    answers = store.pairwise(judge, [rows[p] for p, _, _ in idx], [responses[p][i] for p, i, _ in idx],
+                             [responses[p][j] for p, _, j in idx], iteration, seed)
+    count_answers(stats, answers)
+    wins = [[0.0] * len(ys) for ys in responses]
+    answered = [[False] * len(ys) for ys in responses]
+    for (p, i, j), a in zip(idx, answers):
+        if a is not None:
+            wins[p][i] += a
+            wins[p][j] += 1 - a
+            answered[p][i] = answered[p][j] = True
+    return [[w if ok else None for w, ok in zip(ws, oks)] for ws, oks in zip(wins, answered)]
+
+
+def count_answers(stats: dict | None, answers: list) -> None:
+    """Add an answer batch's label and failure counts to `stats` (online.max_judge_failure_rate)."""
+    if stats is not None:
+        stats["labels"] = stats.get("labels", 0) + len(answers)
+        stats["failed"] = stats.get("failed", 0) + sum(a is None for a in answers)

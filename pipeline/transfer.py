@@ -3,8 +3,8 @@
 A source's transfer policy is Best-of-N over the current policy's pool ranked by that source; its top
 `replace_num` responses replace online responses 0..replace_num-1 of the prompt. The win signal of a source
 arm on a prompt is 1 when the judge's best of the K responses is a transferred one; the self arm's win is a
-constant (the bar a source must clear; by default replace_num / K + 0.05, see default_self_win). Selectors pick
-the arm per block of prompts.
+constant (the bar a source must clear; by default replace_num / K + 0.05, see pipeline/selectors.py).
+Selectors pick the arm per block of prompts; pipeline/selectors.py builds them by name.
 
 A selector may also take over how a block is labelled (`label`) and how a pool is ranked for an arm of its
 own (`pool_scores`): the four selection stages of docs/algorithms.md §2–5 (pipeline/selection/adapters.py) do so.
@@ -15,6 +15,7 @@ import math
 import random
 
 from pipeline import distributed
+from pipeline.labels import label_responses
 
 SELF = "self"
 
@@ -109,8 +110,6 @@ class Selector:
     def label(self, ctx) -> list[list[float | None]]:
         """Per-response scores of a block (ctx: pipeline.selection.loop.LabelContext). Default: the judge
         scores all K online responses, through the label store (docs/algorithms.md §1 step 4)."""
-        from pipeline.online import label_responses
-
         return label_responses(ctx.store, ctx.judge, ctx.rows, ctx.online, ctx.iteration, ctx.seed, ctx.judge_stats)
 
     def info(self) -> dict:
@@ -195,31 +194,3 @@ def check_selector(name: str, params: dict) -> None:
         close = difflib.get_close_matches(str(unknown[0]), sorted(SELECTOR_KEYS[name]), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown option(s) {unknown} for selector '{name}'; valid: {sorted(SELECTOR_KEYS[name])}{hint}")
-
-
-def default_self_win(k: int, replace_num: int) -> float:
-    """The self arm's win when the recipe gives none: the chance that the judge's best of the K responses is one
-    of the replace_num transferred ones by luck (replace_num / K, all K exchangeable), plus a margin of 0.05 a
-    source must clear. The paper's 0.55 is K = 8, replace_num = 4."""
-    return replace_num / k + 0.05
-
-
-def build_selector(name: str, params: dict, arms: list[str], seed: int, *, k: int = 8, replace_num: int = 4
-                   ) -> Selector:
-    """The selector `name` with its options; k and replace_num (online.k, online.replace_num) set the default
-    self_win of the selectors that weigh the self arm against sources (ucb, relevance's bandit). Their defaults
-    (8, 4) give the paper's 0.55."""
-    check_selector(name, params)
-    if name in ("ucb", "relevance") and "self_win" not in params:
-        params = {**params, "self_win": default_self_win(k, replace_num)}
-    if name == "none":
-        return Selector(arms)
-    if not arms:
-        raise ValueError(f"selector '{name}' needs at least one entry in online.sources")
-    if name == "fixed":
-        return Selector(arms, params.get("arm", arms[0]))
-    if name == "ucb":
-        return UCB(arms, seed=seed, **params)
-    from pipeline.selection.loop import build_loop_selector
-
-    return build_loop_selector(name, params, arms, seed)

@@ -24,9 +24,9 @@ import pytest
 from pipeline import world
 from pipeline.__main__ import main
 from pipeline.config import ConfigError, ModelConfig, OnlineConfig, WorldConfig, load_recipe
-from pipeline.labels import LabelStore
+from pipeline.labels import LabelStore, label_responses
 from pipeline.models import ModelError, load_policy
-from pipeline.online import label_responses, make_pairs, reference_logprobs, update
+from pipeline.online import make_pairs, reference_logprobs, update
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",

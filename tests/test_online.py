@@ -6,8 +6,8 @@ import torch
 
 from pipeline import world
 from pipeline.config import OnlineConfig, WorldConfig, load_recipe
-from pipeline.labels import LabelStore
-from pipeline.online import label_responses, make_pairs, reference_logprobs, update
+from pipeline.labels import LabelStore, label_responses
+from pipeline.online import make_pairs, reference_logprobs, update
 from pipeline.runner import run
 
 

@@ -17,7 +17,8 @@ from pipeline.runner import build_judge, policy_config, run
 from pipeline.selection.adapters import COMPOSITE, capped_split
 from pipeline.selection.dual_active import lcb_scores
 from pipeline.selection.loop import LabelContext, candidate_pairs
-from pipeline.transfer import SELF, ScoreCache, build_selector
+from pipeline.selectors import build_selector
+from pipeline.transfer import SELF, ScoreCache
 from reward_sources.oracle import PERSONAS, utility
 from reward_sources.registry import build_source
 

@@ -3,7 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.transfer import SELF, UCB, ScoreCache, arm_names, best_of_n, build_selector, transfer
+from pipeline.selectors import build_selector
+from pipeline.transfer import SELF, UCB, ScoreCache, arm_names, best_of_n, transfer
 
 
 def test_best_of_n_replacement_counts_and_tie_breaking():

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.labels import count_answers
 from pipeline.transfer import SELF, Selector
 
 FEATURE_KINDS = ("scores", "encoder", "both")
@@ -90,15 +91,13 @@ def candidate_pairs(responses: list[list[str]]) -> list[tuple[int, int, int]]:
 
 def ask_pairs(ctx: LabelContext, teacher, queries: list[tuple[int, int, int]], responses=None) -> list[float | None]:
     """Answers (1 = response i preferred) of one teacher to (prompt, i, j) queries, through the label store."""
-    from pipeline.online import _count
-
     if not queries:
         return []
     responses = ctx.online if responses is None else responses
     view = teacher if teacher.kind == "pairwise" else PairView(teacher)
     answers = ctx.store.pairwise(view, [ctx.rows[p] for p, _, _ in queries], [responses[p][i] for p, i, _ in queries],
                                  [responses[p][j] for p, _, j in queries], ctx.iteration, ctx.seed)
-    _count(ctx.judge_stats, answers)
+    count_answers(ctx.judge_stats, answers)
     return answers
 
 
@@ -263,14 +262,3 @@ class LoopSelector(Selector):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.history = dict(state.get("history", {}))
-
-
-def build_loop_selector(name: str, params: dict, arms: list[str], seed: int) -> Selector:
-    from pipeline.selection import adapters
-
-    cls = {"relevance": adapters.RelevanceSelector, "dual_active": adapters.DualActiveSelector,
-           "lowrank": adapters.LowRankSelector, "shared": adapters.SharedSelector}[name]
-    try:
-        return cls(arms, seed, **params)
-    except TypeError as e:  # a wrongly typed option (e.g. a list where a number goes)
-        raise ValueError(f"selector '{name}': {e}") from None
