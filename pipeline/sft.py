@@ -60,15 +60,14 @@ def _batches(rows: list[dict], batch_size: int, seed: int):
         pool = pool[batch_size:]
 
 
-def copy_targets(rows: list[dict], seed: int):
-    """Endless batches for copy pretraining: each row's target is one of its document's sentences, drawn afresh
-    every time the row comes round (a small T5 trained from scratch on summaries alone never learns to copy
-    names; the real T5 learned it in pretraining on text before it was fine-tuned)."""
+def copy_targets(rows: list[dict], batch_size: int, seed: int):
+    """Endless batches of (row, target) for copy pretraining: each row's target is one of its document's
+    sentences, drawn afresh every time the row comes round (a small T5 trained from scratch on summaries alone
+    never learns to copy names; the real T5 learned it in pretraining on text before it was fine-tuned)."""
     rng = random.Random(f"copy-{seed}")
     sentences = {id(r): [s for s in r["document"].split("\n") if s.strip()] or [r["document"]] for r in rows}
-    for batch in _batches(rows, 1, seed):
-        r = batch[0]
-        yield r, rng.choice(sentences[id(r)])
+    for batch in _batches(rows, batch_size, seed):
+        yield [(r, rng.choice(sentences[id(r)])) for r in batch]
 
 
 def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: list[dict], out_dir: Path) -> dict:
@@ -89,9 +88,8 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file:
         copy_losses = []
         if cfg.copy_steps > 0:
-            pairs = copy_targets(train_rows, cfg.seed)
-            stream = ([next(pairs) for _ in range(cfg.batch_size)] for _ in iter(int, 1))
-            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr, stream, log_file, "copy", start)
+            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr, copy_targets(train_rows, cfg.batch_size, cfg.seed),
+                                 log_file, "copy", start)
         # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
         targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
         stream = ([(r, targets[id(r)]) for r in batch] for batch in _batches(train_rows, cfg.batch_size, cfg.seed))

@@ -167,34 +167,29 @@ def stated_distractors(facts: dict, response: str) -> list[str]:
     return [x for kind in ("person", "place", "number") for x in d.get(kind, []) if f" {x.lower()} " in low]
 
 
+def _invented_flags(document: str, response: str) -> list[tuple[str, bool]]:
+    """Each word of the response, and whether it is a name or number the document never mentions."""
+    doc_words = set(words(document))
+    doc_lower = {w.lower() for w in doc_words}
+    # A capitalised common word ("In", "The") that the document has in any case is not an entity.
+    return [(w, (any(c.isdigit() for c in w) or w[0].isupper()) and w.lower() not in _FUNCTION_WORDS
+             and w not in doc_words and w.lower() not in doc_lower) for w in words(response)]
+
+
 def invented_entities(document: str, response: str) -> list[str]:
     """Invented names and numbers counted per entity: a run of consecutive invented capitalised words is one
     name ("Kalo Mira" is one invented person, not two), and each distinct entity counts once."""
-    doc_words = set(words(document))
-    doc_lower = {w.lower() for w in doc_words}
-    out, run, prev_invented_name = [], [], False
-    for w in words(response) + [""]:
-        is_name = bool(w) and w[0].isupper()
-        is_new = bool(w) and (w.isdigit() or any(c.isdigit() for c in w) or is_name) and \
-            w.lower() not in _FUNCTION_WORDS and w not in doc_words and w.lower() not in doc_lower
-        if is_new and is_name and prev_invented_name:
+    out, run = [], []
+    for w, new in _invented_flags(document, response) + [("", False)]:
+        if new and w[0].isupper() and run and run[-1][0].isupper():
             run.append(w)
-        else:
-            if run:
-                out.append(" ".join(run))
-            run = [w] if is_new else []
-        prev_invented_name = is_new and is_name
+            continue
+        if run:
+            out.append(" ".join(run))
+        run = [w] if new else []
     return sorted(set(out))
 
 
 def invented(document: str, response: str) -> list[str]:
     """Names and numbers in the response that the document never mentions (hallucinations)."""
-    doc_words = set(words(document))
-    doc_lower = {w.lower() for w in doc_words}
-    out = []
-    for w in words(response):
-        is_entity = any(c.isdigit() for c in w) or w[0].isupper()
-        # A capitalised common word ("In", "The") that the document has in any case is not an entity.
-        if is_entity and w.lower() not in _FUNCTION_WORDS and w not in doc_words and w.lower() not in doc_lower:
-            out.append(w)
-    return out
+    return [w for w, new in _invented_flags(document, response) if new]
