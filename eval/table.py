@@ -394,7 +394,29 @@ def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out
     rows_out = paired.paired_rows(u, recipe.table.baseline, temperature, labels)
     md = paired.write(out, rows_out, paired.header(judge.name, recipe.table.seeds, n, k, temperature))
     paired.plot(rows_out, out / "paired.png", f"{recipe.name}: Δ exact utility vs {recipe.table.baseline}")
+    if "facts" in rows[0] and hasattr(judge, "weights"):  # what the utilities are made of, from the same samples
+        md += "\n\n" + behaviour(recipe, judge, rows[:n], {key: [ys[:k] for ys in resp[:n]]
+                                                              for key, resp in samples.items()}, out)
     return md
+
+
+def behaviour(recipe: Recipe, judge, rows: list[dict], samples: dict, out: Path) -> str:
+    """behaviour.md: per method and iteration, the mean over training seeds of what its samples state (planted
+    facts, a rival's fact, invented entities, words; eval.world_report.fact_table under the judge's weights)."""
+    cols = ("person", "place", "number", "rival_fact", "invented_per_summary", "words", "oracle_utility")
+    lines = [f"What the samples state ({len(rows)} test prompts x {len(next(iter(samples.values()))[0])} samples, "
+             f"mean over training seeds {recipe.table.seeds}):", "",
+             "| method | iteration | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for label, _ in all_methods(recipe):
+        for t in range(1, recipe.online.iterations + 1):
+            tabs = [world_report.fact_table([r for r, ys in zip(rows, samples[(label, s, t)]) for _ in ys],
+                                            [y for ys in samples[(label, s, t)] for y in ys], judge.weights)
+                    for s in recipe.table.seeds]
+            lines.append(f"| {label} | {t} | " + " | ".join(f"{np.mean([x[c] for x in tabs]):.2f}" for c in cols)
+                         + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out / "behaviour.md", text)
+    return text
 
 
 def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> list[dict]:
@@ -451,7 +473,8 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
         plot_arms(recipe, table[0]["method_a"], out)
     print(f"\nSampled judge win rates ({eval_judge.name}):\n\n{md}\n\n{cost_md}", flush=True)
     if headline:
-        print(f"\n{headline}\n\nheadline: {out / 'paired.md'} ({out / 'paired.csv'}, {out / 'paired.png'})")
+        print(f"\n{headline}\n\nheadline: {out / 'paired.md'} ({out / 'paired.csv'}, {out / 'paired.png'}; what the "
+              f"samples state: {out / 'behaviour.md'})")
     print(f"\ntable done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
     return table
 

@@ -56,6 +56,9 @@ def test_tiny_table_end_to_end(tmp_path):
     md = (out / "paired.md").read_text()
     assert "7 test prompts × 2 samples" in md and "| aa:no_transfer | no_transfer | Δu " in md
     assert (out / "paired.png").exists()
+    # what the samples state: one row per (method, iteration)
+    behaviour = (out / "behaviour.md").read_text().splitlines()
+    assert sum(line.startswith("| tpo | ") for line in behaviour) == 2 and len(behaviour) == 4 + 4 * 2
     # the A/A run is the baseline's selector with other training seeds: another run, not a copy
     assert _metrics(recipe, "aa:no_transfer", 0, 1)["arms"] == _metrics(recipe, "no_transfer", 0, 1)["arms"]
     assert _metrics(recipe, "aa:no_transfer", 0, 1) != _metrics(recipe, "no_transfer", 0, 1)
