@@ -32,7 +32,8 @@ from pipeline.config import Recipe, load_recipe
 from reward_sources.oracle import PERSONAS, utility
 
 FACTS = ("person", "role", "place", "number", "event")
-_GO = (0.10, 0.30)  # fact rates per sample at which Best-of-N has something to surface (docs/testbed.md)
+_GO = (0.10, 0.30)
+_AGREEMENT_SAMPLES = 8  # pairs grow with the square of the samples: 8 give 28 pairs per prompt  # fact rates per sample at which Best-of-N has something to surface (docs/testbed.md)
 
 
 def fact_table(rows: list[dict], responses: list[str], weights: dict | None = None) -> dict:
@@ -49,9 +50,10 @@ def fact_table(rows: list[dict], responses: list[str], weights: dict | None = No
 
 def coverage(rows: list[dict], samples: list[list[str]], k: int) -> dict:
     """Per fact: P(one sample states it), P(one of the first k does), P(one of all the samples does)."""
+    hits = [[world.fact_hits(r["facts"], y) for y in ys] for r, ys in zip(rows, samples)]
     out = {}
     for fact in ("person", "place", "number"):
-        hit = np.array([[world.fact_hits(r["facts"], y)[fact] for y in ys] for r, ys in zip(rows, samples)])
+        hit = np.array([[h[fact] for h in hs] for hs in hits])
         out[fact] = {"sample": float(hit.mean()), "online": float(hit[:, :k].any(1).mean()),
                      "pool": float(hit.any(1).mean())}
     return out
@@ -138,7 +140,7 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
              "sft_sample_train_prompts": fact_table(train, [s[0] for s in train_samples], weights),
              "random_other_reference": fact_table(rows, others, weights)}
     cover = coverage(rows, samples, k)
-    agreement = source_agreement(rows, [ys[:8] for ys in samples], scorers, weights)
+    agreement = source_agreement(rows, [ys[:_AGREEMENT_SAMPLES] for ys in samples], scorers, weights)
     utilities = [[utility(r, y, weights) for y in ys] for r, ys in zip(rows, samples)]
     pools = [ys[k:] for ys in samples]
     pool_scores = {name: _scores(fn, rows, pools) for name, fn in scorers.items()}
