@@ -5,7 +5,7 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow run sft table diagnose stages validate bench clean
+.PHONY: venv demo test test-slow lint run sft table diagnose stages validate bench clean
 
 venv: .venv/.ready
 .venv/.ready: pyproject.toml
@@ -27,6 +27,12 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow tests
+
+# Style (ruff) and the import layering (import-linter contracts in pyproject.toml: low-level parts never import
+# the stages, the online loop never imports the runner, metrics never import the loop, no layer cycles).
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 
 run: venv
 	$(PY) -m pipeline run $(RECIPE) $(ARGS)

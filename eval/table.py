@@ -44,7 +44,8 @@ from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run, seed_everything
-from pipeline.transfer import arm_names, check_selector
+from pipeline.selection.registry import check_selector
+from pipeline.transfer import arm_names
 
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds", "ci_over",
                 "labels_a", "labels_b", "label_cost_a", "label_cost_b"]

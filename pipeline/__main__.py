@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError, describe, load_recipe
 
     if args.cmd == "help":
-        print("\n".join(describe()))
+        from pipeline.selection.registry import help_lines
+
+        print("\n".join(describe() + ["", "Selectors and their options:"] + help_lines()))
         return 0
     from pipeline import distributed
     from pipeline.data import DataError
@@ -84,7 +86,7 @@ def io_error_line(e: Exception) -> str:
 def check_names(recipe) -> None:
     """Unknown judge / source / selector names fail before any stage runs (not after minutes of SFT)."""
     from pipeline.config import ConfigError
-    from pipeline.transfer import check_selector, check_selector_name
+    from pipeline.selection.registry import check_selector, selector_class
     from reward_sources.registry import check_name, check_no_secrets
 
     for where, judge in (("judge", recipe.judge), ("eval.judge", recipe.eval.judge)):
@@ -108,7 +110,7 @@ def check_names(recipe) -> None:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     try:
-        check_selector_name(recipe.online.selector.name)
+        selector_class(recipe.online.selector.name)
     except ValueError as e:
         raise ConfigError(f"online.selector.name: {e}") from None
     try:  # options too: an unknown one would otherwise surface only when the online stage starts, after SFT

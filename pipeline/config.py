@@ -20,26 +20,55 @@ class ConfigError(ValueError):
     """A user mistake in a recipe or override: printed as one line by the CLI."""
 
 
-def f(default: Any, help: str):
-    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+def f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+      lt: float | None = None, nonempty: bool = False):
+    """A dataclass field with a help string and its allowed range (checked when a recipe is loaded, listed by
+    `python -m pipeline help`); mutable defaults are copied per instance."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": help, "bounds": bounds, "nonempty": nonempty}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         import copy
 
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def range_text(fl: dataclasses.Field) -> str:
+    """'>= 1', '> 0 and <= 1', 'non-empty' ... for a field's declared range ('' when it has none)."""
+    parts = [f"{_OPS[k][0]} {v:g}" for k, v in fl.metadata.get("bounds", {}).items()]
+    if fl.metadata.get("nonempty"):
+        parts.append("non-empty")
+    return " and ".join(parts)
+
+
+def _check_range(fl: dataclasses.Field, value: Any, key: str) -> None:
+    if value is None:
+        return
+    if fl.metadata.get("nonempty") and len(value) == 0:
+        raise ConfigError(f"'{key}' must not be empty")
+    bounds = fl.metadata.get("bounds", {})
+    values = value if isinstance(value, list) else [value]
+    # NaN compares False with everything, so it fails every bound; inf fails an upper one
+    if any(not _OPS[k][1](v, b) for v in values for k, b in bounds.items()):
+        raise ConfigError(f"'{key}' must be {range_text(fl)}, got {value!r}")
 
 
 @dataclass
 class WorldConfig:
-    n_people: int = f(60, "size of the pool of invented person names")
-    n_places: int = f(30, "size of the pool of invented place names")
-    n_distractors: int = f(1, "distractor sentences per article (other people, places, numbers)")
-    paraphrase: float = f(0.25, "0..1: share of article fact sentences drawn from alternative phrasings")
-    summary_templates: int = f(3, "number of reference-summary phrasings (1..4)")
-    lead_first: float = f(0.85, "probability that the fact sentence opens the article (else it is 2nd or 3rd)")
+    n_people: int = f(60, "size of the pool of invented person names", ge=1)
+    n_places: int = f(30, "size of the pool of invented place names", ge=1)
+    n_distractors: int = f(1, "distractor sentences per article (other people, places, numbers)", ge=0)
+    paraphrase: float = f(0.25, "0..1: share of article fact sentences drawn from alternative phrasings", ge=0, le=1)
+    summary_templates: int = f(3, "number of reference-summary phrasings (1..4)", ge=1, le=4)
+    lead_first: float = f(0.85, "probability that the fact sentence opens the article (else it is 2nd or 3rd)",
+                          ge=0, le=1)
     rivals: int = f(0, "rival sentences per article: another person in the fact's role did the same kind of event "
                        "in another place with another number. A summary that copies a rival states wrong facts "
-                       "that ARE in the document, so overlap with the document cannot see the error (0 = none)")
+                       "that ARE in the document, so overlap with the document cannot see the error (0 = none)", ge=0)
 
 
 @dataclass
@@ -49,10 +78,10 @@ class DataConfig:
     hub_config: str | None = f(None, "hub: dataset configuration name, if any")
     n_examples: int = f(30000, "synthetic: number of articles to generate (enough that the default SFT makes about "
                                     "one pass and does not memorize the online prompts); local/hub: cap on rows "
-                                    "(0 = all)")
-    eval_size: int = f(200, "rows in the eval split (used for SFT metrics)")
-    test_size: int = f(200, "rows in the held-out test split (used for win rates)")
-    max_document_words: int = f(400, "documents longer than this are truncated (counted in the data report)")
+                                    "(0 = all)", ge=0)
+    eval_size: int = f(200, "rows in the eval split (used for SFT metrics)", ge=0)
+    test_size: int = f(200, "rows in the held-out test split (used for win rates)", ge=0)
+    max_document_words: int = f(400, "documents longer than this are truncated (counted in the data report)", ge=1)
     seed: int = f(0, "seed of generation and split shuffling")
     world: WorldConfig = f(WorldConfig(), "synthetic news world knobs")
 
@@ -60,9 +89,9 @@ class DataConfig:
 @dataclass
 class LoRAConfig:
     enabled: bool = f(False, "train LoRA adapters (peft) instead of all weights")
-    r: int = f(8, "adapter rank")
-    alpha: int = f(16, "adapter scaling numerator")
-    dropout: float = f(0.0, "adapter dropout")
+    r: int = f(8, "adapter rank", ge=1)
+    alpha: int = f(16, "adapter scaling numerator", gt=0)
+    dropout: float = f(0.0, "adapter dropout", ge=0, lt=1)
     target_modules: list[str] | None = f(None, "module names to adapt (None = peft's default for the model type)")
 
 
@@ -75,28 +104,29 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype")
     trust_remote_code: bool = f(False, "allow hub repos to run their own Python code (off unless you trust them)")
     prompt_prefix: str = f("Summarize: ", "prefix put before the document for seq2seq models")
-    max_input_tokens: int = f(512, "documents are truncated to this many tokens")
+    max_input_tokens: int = f(512, "documents are truncated to this many tokens", ge=1)
     lora: LoRAConfig = f(LoRAConfig(), "parameter-efficient fine-tuning")
-    vocab_size: int = f(0, "shape: models: embedding rows (0 = the tokenizer's size; 32128 = the paper T5 vocabulary)")
+    vocab_size: int = f(0, "shape: models: embedding rows (0 = the tokenizer's size; 32128 = the paper T5 vocabulary)",
+                        ge=0)
     init_seed: int = f(0, "seed of shape: random weights and of LoRA adapter initialisation")
 
 
 @dataclass
 class SFTConfig:
     enabled: bool = f(True, "run supervised fine-tuning (off = start online from the model as loaded)")
-    steps: int = f(900, "optimizer steps")
-    batch_size: int = f(32, "examples per step")
-    lr: float = f(3e-3, "peak learning rate (linear warm-up, cosine decay)")
-    warmup: int = f(30, "warm-up steps")
-    weight_decay: float = f(0.0, "AdamW weight decay")
-    max_target_tokens: int = f(64, "reference summaries are truncated to this many tokens")
-    eval_examples: int = f(200, "eval-split rows scored with ROUGE-Lsum at the end (0 = skip)")
-    eval_max_new_tokens: int = f(48, "greedy decoding length for the ROUGE evaluation")
-    log_every: int = f(25, "steps between loss log lines")
+    steps: int = f(900, "optimizer steps", ge=1)
+    batch_size: int = f(32, "examples per step", ge=1)
+    lr: float = f(3e-3, "peak learning rate (linear warm-up, cosine decay)", gt=0)
+    warmup: int = f(30, "warm-up steps", ge=0)
+    weight_decay: float = f(0.0, "AdamW weight decay", ge=0)
+    max_target_tokens: int = f(64, "reference summaries are truncated to this many tokens", ge=1)
+    eval_examples: int = f(200, "eval-split rows scored with ROUGE-Lsum at the end (0 = skip)", ge=0)
+    eval_max_new_tokens: int = f(48, "greedy decoding length for the ROUGE evaluation", ge=1)
+    log_every: int = f(25, "steps between loss log lines", ge=1)
     seed: int = f(0, "seed of initialisation order and batching")
     copy_steps: int = f(0, "steps of copy pretraining before SFT (input: the document; target: one of its sentences "
-                           "at random), as T5 is pretrained on text before it is fine-tuned; 0 = none")
-    copy_lr: float = f(1e-3, "peak learning rate of copy pretraining (linear warm-up, cosine decay)")
+                           "at random), as T5 is pretrained on text before it is fine-tuned; 0 = none", ge=0)
+    copy_lr: float = f(1e-3, "peak learning rate of copy pretraining (linear warm-up, cosine decay)", gt=0)
 
 
 @dataclass
@@ -108,46 +138,47 @@ class JudgeConfig:
 @dataclass
 class SelectorConfig:
     name: str = f("none", "which source to transfer from, or which labels to ask: none | fixed | ucb | relevance | "
-                          "dual_active | lowrank | shared (docs/algorithms.md §2-5; pipeline/selection/adapters.py)")
-    params: dict = f({}, "selector options (ucb: c, block_size, self_win, carry; fixed: arm; the stages' options "
-                         "are listed in pipeline/transfer.py SELECTOR_KEYS and documented in pipeline/selection/adapters.py)")
+                          "dual_active | lowrank | shared (docs/algorithms.md; pipeline/selection/registry.py)")
+    params: dict = f({}, "the selector's options, typed per selector (`python -m pipeline help` lists them)")
 
 
 @dataclass
 class OnlineConfig:
-    iterations: int = f(3, "online iterations")
-    prompts_per_iteration: int = f(256, "fresh random prompts drawn from the train split each iteration")
-    k: int = f(4, "online samples per prompt")
-    n_pool: int = f(0, "extra Best-of-N pool samples per prompt (0 = no transfer)")
-    replace_num: int = f(2, "transferred responses that replace online responses 0..replace_num-1")
-    temperature: float = f(1.0, "sampling temperature")
-    top_k: int = f(0, "top-k sampling cut (0 = off)")
-    max_new_tokens: int = f(48, "sampling length limit")
-    gen_batch_size: int = f(64, "prompts per generation batch")
+    iterations: int = f(3, "online iterations", ge=1)
+    prompts_per_iteration: int = f(256, "fresh random prompts drawn from the train split each iteration", ge=1)
+    k: int = f(4, "online samples per prompt", ge=2)
+    n_pool: int = f(0, "extra Best-of-N pool samples per prompt (0 = no transfer)", ge=0)
+    replace_num: int = f(2, "transferred responses that replace online responses 0..replace_num-1", ge=0)
+    temperature: float = f(1.0, "sampling temperature", gt=0)
+    top_k: int = f(0, "top-k sampling cut (0 = off)", ge=0)
+    max_new_tokens: int = f(48, "sampling length limit", ge=1)
+    gen_batch_size: int = f(64, "prompts per generation batch", ge=1)
     loss: Literal["dpo", "ipo", "xpo"] = f("dpo", "preference loss on sequence log-ratios")
-    beta: float = f(0.1, "KL coefficient")
-    xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)")
+    beta: float = f(0.1, "KL coefficient", gt=0)
+    xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)", ge=0)
     reference: Literal["previous", "initial"] = f("previous", "reference policy: previous iterate (paper) or initial")
-    lr: float = f(5e-5, "peak learning rate of the update (linear warm-up, cosine decay)")
-    warmup: int = f(10, "warm-up steps per iteration")
-    epochs: int = f(3, "passes over the iteration's pairs")
-    batch_size: int = f(16, "pairs per optimizer step")
-    max_grad_norm: float = f(1.0, "gradient clipping")
+    lr: float = f(5e-5, "peak learning rate of the update (linear warm-up, cosine decay)", gt=0)
+    warmup: int = f(10, "warm-up steps per iteration", ge=0)
+    epochs: int = f(3, "passes over the iteration's pairs", ge=1)
+    batch_size: int = f(16, "pairs per optimizer step", ge=1)
+    max_grad_norm: float = f(1.0, "gradient clipping", gt=0)
     sources: list[dict] = f([], "source rewards to transfer from, e.g. [{name: rouge}, {name: loglik, model: ...}]")
     selector: SelectorConfig = f(SelectorConfig(), "transfer arm selection")
     max_judge_failure_rate: float = f(0.1, "stop the online stage when more than this share of an iteration's "
-                                           "judge answers failed (raised or NaN; stored as NULL, never a score)")
+                                           "judge answers failed (raised or NaN; stored as NULL, never a score)",
+                                           ge=0, le=1)
     seed: int = f(0, "seed of prompt draws and sampling")
 
 
 @dataclass
 class EvalConfig:
-    n_prompts: int = f(200, "held-out test prompts per comparison")
-    seeds: list[int] = f([0, 1, 2], "sampling/judge seeds; one win rate per seed")
-    temperature: float = f(1.0, "sampling temperature of both policies (0 = greedy)")
+    n_prompts: int = f(200, "held-out test prompts per comparison", ge=1)
+    seeds: list[int] = f([0, 1, 2], "sampling/judge seeds; one win rate per seed", nonempty=True)
+    temperature: float = f(1.0, "sampling temperature of both policies (0 = greedy)", ge=0)
     samples_per_prompt: int = f(1, "responses per test prompt and policy; a prompt's outcome is the mean over the "
-                                   "paired samples (j-th of a vs j-th of b): less sampling noise per seed, more labels")
-    max_new_tokens: int = f(48, "generation length limit")
+                                   "paired samples (j-th of a vs j-th of b): less sampling noise per seed, more labels",
+                                   ge=1)
+    max_new_tokens: int = f(48, "generation length limit", ge=1)
     judge: JudgeConfig | None = f(None, "judge for win rates (None = the online judge)")
     baseline: str = f("sft", "policy every iterate is compared against: sft | initial")
 
@@ -161,10 +192,11 @@ class SourceModelConfig:
 
 @dataclass
 class TableConfig:
-    seeds: list[int] = f([0, 1, 2], "training seeds; each method runs once per seed from the shared SFT checkpoint")
+    seeds: list[int] = f([0, 1, 2], "training seeds; each method runs once per seed from the shared SFT checkpoint",
+                         nonempty=True)
     methods: list[dict] = f([], "rows of the table as {label, selector: {name, params}}; empty = TPO (ucb), "
                                "no transfer, and pure exploit of every source")
-    n_prompts: int = f(200, "held-out test prompts per head-to-head comparison")
+    n_prompts: int = f(200, "held-out test prompts per head-to-head comparison", ge=1)
     versus: str = f("", "'' = the first method against each of the others; a method's label = every other method "
                         "against that one (e.g. no_transfer)")
     baseline: str = f("no_transfer", "method every other method is paired against in paired.csv (exact-utility "
@@ -172,10 +204,19 @@ class TableConfig:
     aa: bool = f(True, "add the A/A row 'aa:<baseline>': the baseline trained again with other training seeds "
                        "(seed + aa_seed_offset) and paired against the baseline; its interval is the noise floor")
     aa_seed_offset: int = f(1000, "training-seed offset of the A/A row's second baseline run")
-    utility_prompts: int = f(300, "held-out prompts for the exact-utility headline (judges that know the utility)")
+    utility_prompts: int = f(300, "held-out prompts for the exact-utility headline (judges that know the utility)",
+                             ge=1)
     utility_samples: int = f(4, "samples per prompt and checkpoint for the exact-utility headline; every checkpoint "
-                                "is sampled with the same sampling seeds (common random numbers)")
-    jobs: int = f(1, "online runs (method, seed) trained at once, each in its own process with one torch thread")
+                                "is sampled with the same sampling seeds (common random numbers)", ge=1)
+    jobs: int = f(1, "online runs (method, seed) trained at once, each in its own process with one torch thread", ge=1)
+
+
+@dataclass
+class TrackingConfig:
+    report_to: list[str] = f(["tensorboard"], "live curves: tensorboard (offline, event files under runs/<name>/tb) "
+                                               "| wandb (only when installed and configured) | none")
+    sample_prompts: int = f(4, "held-out test prompts whose summaries are logged each iteration (samples.md and a "
+                               "TensorBoard text table; 0 = off)", ge=0)
 
 
 @dataclass
@@ -191,6 +232,7 @@ class Recipe:
     eval: EvalConfig = f(EvalConfig(), "win-rate evaluation stage")
     source_models: list[SourceModelConfig] = f([], "models the sources stage trains for loglik sources ('run:<label>')")
     table: TableConfig = f(TableConfig(), "make table: TPO vs baselines over seeds")
+    tracking: TrackingConfig = f(TrackingConfig(), "live training curves and logged samples")
 
     @property
     def out(self) -> Path:
@@ -271,12 +313,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls, raw: dict, where: str = ""):
     hints = typing.get_type_hints(cls)
-    valid = _field_names(cls)
+    fields = {fl.name: fl for fl in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         if key not in hints:
-            raise _unknown(str(key), valid, where)
+            raise _unknown(str(key), list(fields), where)
         kwargs[key] = _coerce(value, hints[key], where + key)
+        _check_range(fields[key], kwargs[key], where + key)
     return cls(**kwargs)
 
 
@@ -377,5 +420,12 @@ def describe(cls=Recipe, prefix: str = "") -> list[str]:
             lines += describe(tp, prefix + fl.name + ".")
         else:
             default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
-            lines.append(f"{prefix}{fl.name}: {fl.metadata.get('help', '')} (default {default!r})")
+            allowed = f"; {range_text(fl)}" if range_text(fl) else ""
+            lines.append(f"{prefix}{fl.name}: {fl.metadata.get('help', '')} (default {default!r}{allowed})")
     return lines
+
+
+def build_options(cls, raw: dict, where: str = ""):
+    """A swappable part's typed options (a dataclass whose fields use `f`) from a recipe mapping, with the same
+    strict typing and one-line errors as the recipe itself."""
+    return _build(cls, raw, where)

@@ -4,7 +4,7 @@ Per iteration: a fresh seeded draw of prompts; K + N samples per prompt from the
 of prompts the selector picks an arm, Best-of-N transfer replaces online responses, the judge labels all K
 (through the label store), and the arm's wins update the selector; pairs = judge's best vs worst (ties
 dropped); reference log-probs computed once, before the update; DPO / IPO / XPO epochs; checkpoint.
-A selection stage (pipeline/selection/adapters.py) may label a block its own way (which pairs, which teacher or
+A selection stage (pipeline/selection/*_selector.py) may label a block its own way (which pairs, which teacher or
 annotator) and return its own per-response scores (LCB / PRS / proxy); pairs are then its best vs worst.
 Several processes (accelerate launch; pipeline/distributed.py): generation is sharded, the labelling runs on the
 main process alone, and the update is DDP; one process runs exactly as it did without them.
@@ -31,9 +31,9 @@ from pipeline.labels import LabelStore, judge_handler
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
 from pipeline.sft import lr_lambda
-from pipeline.selection.loop import LabelContext
-from pipeline.selectors import build_selector
-from pipeline.transfer import SELF, ScoreCache, transfer
+from pipeline.selection.base import SELF, LabelContext
+from pipeline.selection.registry import build_selector
+from pipeline.transfer import ScoreCache, transfer
 
 log = logging.getLogger(__name__)
 

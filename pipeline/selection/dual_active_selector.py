@@ -1,0 +1,155 @@
+"""Dual active learning in the online loop (Liu, Shi, Sun; docs/algorithms.md §3): which pairs to ask which
+teacher. The estimator is pipeline/selection/dual_active.py.
+
+Candidates = pairs among each prompt's K online responses; teachers = oracle teachers of different noise (or any
+judges) with costs. Random warm-up queries (teachers in turn), then greedy D-optimal batches (`select_batch`,
+criterion log(1 + vᵀH⁻¹v)/cost) refitted by joint MLE of θ, β (`fit_mle`) between batches, until the cost
+budget is spent; each pair is asked of one teacher at most. Scores = `lcb_scores` of every response under the
+final fit. Label budget: `budget` cost units per prompt, K by default (what no transfer pays), in units of the
+default teacher; teacher costs 2 / 1 / 0.5 (expert / default / novice) are inferred: an expert costs more.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.config import f
+from pipeline.selection.base import (SELF, LabelContext, LoopSelector, ask_pairs, blas_threads, build_judge,
+                                     candidate_pairs, label_budget)
+from pipeline.selection.dual_active import fisher, fit_mle, lcb_scores, select_batch
+from reward_sources.oracle import TEACHERS
+
+DEFAULT_COSTS = {"expert": 2.0, "default": 1.0, "novice": 0.5}  # inferred: an expert costs more
+
+
+@dataclass
+class DualActiveOptions:
+    teachers: list[Any] | None = f(None, "oracle teacher names, or mappings {label, name, params, cost} of any "
+                                         "judge (None = expert, default, novice)")
+    persona: str = f("default", "persona of the oracle teachers")
+    budget: float | None = f(None, ge=0, help="cost units per prompt (None = online.k, what no transfer pays)")
+    batch: int = f(32, ge=1, help="pairs per D-optimal batch between refits")
+    warmup: int | None = f(None, ge=0, help="random warm-up queries, teachers in turn (None = 4 per teacher)")
+    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
+    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
+    gamma: float = f(1.0, ge=0, help="width of the lower confidence bound of the scores")
+    lam: float = f(1e-2, gt=0, help="ridge term of the Fisher information")
+    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
+    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
+
+
+class DualActiveSelector(LoopSelector):
+    """Dual active selection: D-optimal pairs asked of the teacher worth its cost; LCB scores."""
+
+    Options = DualActiveOptions
+
+    def __init__(self, arms: list[str], seed: int, opts: DualActiveOptions):
+        o = opts
+        super().__init__(arms, seed, o.arm, 0, o.features, o.dim, o.encoder)
+        self.teachers = [self._teacher(t, o.persona) for t in (o.teachers or ["expert", "default", "novice"])]
+        labels = [t["label"] for t in self.teachers]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"dual_active: teacher labels {labels} repeat; give each a distinct 'label'")
+        self.costs = np.array([t["cost"] for t in self.teachers])
+        self.budget, self.batch, self.warmup = o.budget, o.batch, o.warmup
+        self.gamma, self.lam, self._judges = o.gamma, o.lam, None
+
+    @staticmethod
+    def _teacher(spec, persona: str) -> dict:
+        if isinstance(spec, str):
+            if spec not in TEACHERS:
+                raise ValueError(f"dual_active: unknown teacher '{spec}' (oracle teachers: {', '.join(TEACHERS)}; "
+                                 "or a mapping {label, name, params, cost})")
+            return {"label": spec, "name": "oracle", "params": {"teacher": spec, "persona": persona},
+                    "cost": DEFAULT_COSTS.get(spec, 1.0)}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"dual_active: a teacher is an oracle teacher name or a mapping with 'name', got {spec!r}")
+        extra = set(spec) - {"label", "name", "params", "cost"}
+        if extra:
+            raise ValueError(f"dual_active: unknown teacher key(s) {sorted(extra)}; valid: cost, label, name, params")
+        cost = float(spec.get("cost", 1.0))
+        if cost <= 0:
+            raise ValueError(f"dual_active: teacher cost must be > 0, got {cost}")
+        return {"label": spec.get("label", spec["name"]), "name": spec["name"], "params": dict(spec.get("params", {})),
+                "cost": cost}
+
+    def label(self, ctx: LabelContext):
+        if self._judges is None:
+            self._judges = [build_judge(t["name"], t["params"]) for t in self.teachers]
+        K = len(self.teachers)
+        total = label_budget(self.budget, ctx.k, len(ctx.rows))
+        t_start = time.perf_counter()
+        with blas_threads():
+            phi = self.features.fit_transform(ctx, ctx.rows, ctx.online)
+            t_feat = time.perf_counter() - t_start
+            t_query = 0.0
+            cands = candidate_pairs(ctx.online)
+            Zc = np.array([phi[p][i] - phi[p][j] for p, i, j in cands]).reshape(len(cands), -1)
+            asked = np.zeros(len(cands), bool)
+            Z, T, Y = [], [], []
+            spent, queries = 0.0, np.zeros(K, int)
+
+            def ask(picks):
+                nonlocal spent, t_query
+                t0 = time.perf_counter()
+                for k in range(K):
+                    mine = [c for c, tk in picks if tk == k]
+                    answers = ask_pairs(ctx, self._judges[k], [cands[c] for c in mine])
+                    for c, a in zip(mine, answers):
+                        asked[c] = True
+                        spent += self.costs[k]
+                        queries[k] += 1
+                        if a is not None:
+                            Z.append(Zc[c]); T.append(k); Y.append(float(a))
+                t_query += time.perf_counter() - t0
+
+            # Warm-up: random pairs, teachers in turn (the MLE needs data from every teacher to start).
+            order = self.rng("dual-warmup").permutation(len(cands))
+            warm, cost = [], 0.0
+            for q, c in enumerate(order[: (4 * K if self.warmup is None else int(self.warmup))]):
+                if cost + self.costs[q % K] <= total:
+                    warm.append((int(c), q % K))
+                    cost += self.costs[q % K]
+            ask(warm)
+            batches = 0
+            while Y:
+                remaining = np.flatnonzero(~asked)
+                room = total - spent
+                if not len(remaining) or room < self.costs.min():
+                    break
+                theta, beta = fit_mle(np.array(Z), np.array(T), np.array(Y), K)
+                H = fisher(theta, beta, np.array(Z), np.array(T), self.lam)
+                b = int(min(self.batch, room // self.costs.min(), len(remaining)))
+                sel = select_batch(theta, beta, Zc[remaining], H, b * K, self.costs, unique=True)
+                picks, seen, cost = [], set(), 0.0
+                for pi, tk in zip(sel.pairs, sel.teachers):  # one teacher per pair; stop at the batch or budget
+                    c = int(remaining[pi])
+                    if c in seen or cost + self.costs[tk] > room:
+                        continue
+                    picks.append((c, int(tk)))
+                    seen.add(c)
+                    cost += self.costs[tk]
+                    if len(picks) == b:
+                        break
+                if not picks:
+                    break
+                ask(picks)
+                batches += 1
+            ctx.judge_stats["cost"] = float(ctx.judge_stats.get("cost", 0.0) + spent)
+            if not Y:
+                self.record(queries=0, cost=spent, budget=total, note="no teacher answers; no pairs")
+                return [[None] * len(ys) for ys in ctx.online]
+            Zn, Tn = np.array(Z), np.array(T)
+            theta, beta = fit_mle(Zn, Tn, np.array(Y), K)
+            H = fisher(theta, beta, Zn, Tn, self.lam)
+            scores = [lcb_scores(theta, H, f, self.gamma) for f in phi]
+        self.last = {"theta": theta, "beta": beta, "H": H, "phi": phi, "scores": scores}
+        labels = [t["label"] for t in self.teachers]
+        self.record(queries=dict(zip(labels, queries)), cost_per_teacher=dict(zip(labels, queries * self.costs)),
+                    cost=spent, budget=total, beta=dict(zip(labels, beta)), batches=batches, candidates=len(cands),
+                    features_dim=int(Zc.shape[1]), features_s=t_feat, queries_s=t_query,
+                    fit_select_s=time.perf_counter() - t_start - t_feat - t_query)
+        return [s.tolist() for s in scores]

@@ -1,0 +1,106 @@
+"""Heterogeneous annotators in the online loop (LoCo-RLHF; docs/algorithms.md §4): a low-rank contextual reward
+and Pessimism in Reduced Subspace. The estimator is pipeline/selection/lowrank.py.
+
+`budget`·n random candidate pairs, each answered by one annotator drawn from the persona population; contexts =
+one-hot personas; `fit_lowrank` (rank-r factorised MLE); scores = PRS lower bounds `LowRankReward.lcb` under the
+TARGET persona distribution, per prompt against its mean candidate. Label budget: K pairwise queries per prompt
+by default, what no transfer pays.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pipeline.config import f
+from pipeline.selection.base import (SELF, LabelContext, LoopSelector, ask_pairs, blas_threads, build_judge,
+                                     candidate_pairs, label_budget)
+from pipeline.selection.lowrank import fit_lowrank
+from reward_sources.oracle import PERSONAS, TEACHERS
+
+
+@dataclass
+class LowRankOptions:
+    population: dict | None = f(None, "persona -> weight of the annotators who label (None = every persona, equal)")
+    target: dict | None = f(None, "persona -> weight the policy should please (None = {default: 1})")
+    teacher: str = f("default", "oracle teacher (noise level) of every annotator")
+    rank: int = f(2, ge=1, help="rank r of the contextual reward Θ = PQᵀ")
+    budget: float | None = f(None, ge=0, help="pairwise queries per prompt (None = online.k, what no transfer pays)")
+    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
+    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
+    gamma: float = f(1.0, ge=0, help="width of the PRS lower bound")
+    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
+    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
+
+
+class LowRankSelector(LoopSelector):
+    """Heterogeneous annotators: a low-rank contextual reward, PRS scores for the target persona mix."""
+
+    Options = LowRankOptions
+
+    def __init__(self, arms: list[str], seed: int, opts: LowRankOptions):
+        o = opts
+        super().__init__(arms, seed, o.arm, 0, o.features, o.dim, o.encoder)
+        population = o.population or {p: 1.0 for p in PERSONAS}
+        target = o.target or {"default": 1.0}
+        for what, dist in (("population", population), ("target", target)):
+            if not isinstance(dist, dict) or not dist:
+                raise ValueError(f"lowrank: {what} must be a mapping persona -> weight, got {dist!r}")
+            bad = [p for p in dist if p not in PERSONAS]
+            if bad:
+                raise ValueError(f"lowrank: unknown persona(s) {bad} in {what}; known: {', '.join(PERSONAS)}")
+            if any(float(w) < 0 for w in dist.values()) or sum(map(float, dist.values())) <= 0:
+                raise ValueError(f"lowrank: {what} weights must be >= 0 with a positive sum, got {dist}")
+        if o.teacher not in TEACHERS:
+            raise ValueError(f"lowrank: unknown teacher '{o.teacher}'; known: {', '.join(TEACHERS)}")
+        self.contexts = sorted(set(population) | set(target))
+        self.population = {p: float(w) for p, w in population.items()}
+        self.target = {p: float(w) for p, w in target.items()}
+        self.teacher, self.rank, self.budget, self.gamma = o.teacher, o.rank, o.budget, o.gamma
+        self._judges = {}
+
+    def x_target(self) -> np.ndarray:
+        w = np.array([self.target.get(p, 0.0) for p in self.contexts])
+        return w / w.sum()
+
+    def label(self, ctx: LabelContext):
+        rng = self.rng("lowrank")
+        t0 = time.perf_counter()
+        with blas_threads():
+            phi = self.features.fit_transform(ctx, ctx.rows, ctx.online)
+            t_feat = time.perf_counter() - t0
+            cands = candidate_pairs(ctx.online)
+            n_q = min(int(round(label_budget(self.budget, ctx.k, len(ctx.rows)))), len(cands))
+            picks = sorted(rng.choice(len(cands), n_q, replace=False).tolist()) if n_q else []
+            pop = sorted(self.population)
+            w = np.array([self.population[p] for p in pop])
+            who = rng.choice(len(pop), len(picks), p=w / w.sum()) if picks else []
+            X, Z, Y, counts = [], [], [], {}
+            for a, persona in enumerate(pop):
+                mine = [c for c, k in zip(picks, who) if k == a]
+                if not mine:
+                    continue
+                if persona not in self._judges:
+                    self._judges[persona] = build_judge("oracle", {"persona": persona, "teacher": self.teacher})
+                counts[persona] = len(mine)
+                onehot = np.eye(len(self.contexts))[self.contexts.index(persona)]
+                for c, ans in zip(mine, ask_pairs(ctx, self._judges[persona], [cands[c] for c in mine])):
+                    if ans is not None:
+                        p, i, j = cands[c]
+                        X.append(onehot); Z.append(phi[p][i] - phi[p][j]); Y.append(float(ans))
+            if not Y:
+                self.record(personas=counts, labels=0, note="no annotator answers; no pairs")
+                return [[None] * len(ys) for ys in ctx.online]
+            rank = min(self.rank, len(self.contexts), len(Z[0]))
+            t1 = time.perf_counter()
+            model = fit_lowrank(np.array(X), np.array(Z), np.array(Y), rank)
+            scores = [model.lcb(self.x_target(), f, self.gamma, center=True) for f in phi]
+            t_fit = time.perf_counter() - t1
+        self.last = {"model": model, "phi": phi, "x_target": self.x_target(), "scores": scores}
+        sv = np.linalg.svd(model.Theta, compute_uv=False)
+        self.record(personas=counts, labels=len(Y), budget=n_q, rank=rank, contexts=self.contexts,
+                    target=self.target, theta_singular_values=sv[: rank + 1], features_dim=len(Z[0]),
+                    features_s=t_feat, fit_select_s=t_fit)
+        return [s.tolist() for s in scores]
