@@ -156,6 +156,8 @@ class OnlineConfig:
     loss: Literal["dpo", "ipo", "xpo"] = f("dpo", "preference loss on sequence log-ratios")
     beta: float = f(0.1, "KL coefficient", gt=0)
     xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)", ge=0)
+    nll_alpha: float = f(0.0, ge=0, help="weight of an NLL term on the chosen response, per token, added to the loss "
+                                       "(RPO; TRL's rpo_alpha; 0 = the paper's losses, pipeline/losses.py)")
     reference: Literal["previous", "initial"] = f("previous", "reference policy: previous iterate (paper) or initial")
     lr: float = f(5e-5, "peak learning rate of the update (linear warm-up, cosine decay)", gt=0)
     warmup: int = f(10, "warm-up steps per iteration", ge=0)

@@ -23,9 +23,20 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
-                          LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList,
-                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from pipeline import distributed
 from pipeline.config import ModelConfig
@@ -172,6 +183,10 @@ class Policy:
 
     def _response_ids(self, responses: list[str]) -> list[list[int]]:
         return [r + [self.eos_id] for r in self.tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+
+    def token_counts(self, responses: list[str]) -> list[int]:
+        """Tokens of each response as the log-probs count them (end of sequence included)."""
+        return [len(ids) for ids in self._response_ids(responses)]
 
     # ------------------------------------------------------------------ sampling
     def sample(self, documents: list[str], k: int, *, temperature: float = 1.0, top_k: int = 0,
@@ -486,7 +501,7 @@ def _load_tokenizer(cfg: ModelConfig, own: str | Path | None, tokenizer_dir: str
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - hub/IO errors of every kind become one line
-        raise ModelError(f"cannot load tokenizer '{src}': {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise ModelError(f"cannot load tokenizer '{src}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if tok.eos_token_id is None:
         raise ModelError(f"tokenizer '{src}' has no EOS token; responses must end with one")
     if tok.pad_token_id is None:  # causal tokenizers often have none; padding is always masked anyway
@@ -584,8 +599,8 @@ def load_policy(cfg: ModelConfig, *, tokenizer_dir: str | Path | None = None) ->
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if where == "hub":
                 hint = f" (random weights: 'shape:{cfg.name}')" if cfg.name in SHAPES else ""
-                raise ModelError(f"cannot load '{cfg.name}' from the Hugging Face hub ({first}); {OFFLINE_HINT}{hint}")
-            raise ModelError(f"cannot read the config of {src}: {first}")
+                raise ModelError(f"cannot load '{cfg.name}' from the Hugging Face hub ({first}); {OFFLINE_HINT}{hint}") from None
+            raise ModelError(f"cannot read the config of {src}: {first}") from None
         for key in ("dropout_rate", "dropout", "attention_dropout", "hidden_dropout", "hidden_dropout_prob",
                     "attention_probs_dropout_prob", "activation_dropout"):
             if isinstance(getattr(config, key, None), float):
@@ -596,7 +611,7 @@ def load_policy(cfg: ModelConfig, *, tokenizer_dir: str | Path | None = None) ->
             model = auto_cls.from_pretrained(src, config=config, dtype=getattr(torch, cfg.dtype),
                                              trust_remote_code=cfg.trust_remote_code)
         except OSError as e:  # e.g. a directory with a config but no weights, or weights missing from the hub cache
-            raise ModelError(f"cannot load the weights of '{cfg.name}': {str(e).splitlines()[0]}")
+            raise ModelError(f"cannot load the weights of '{cfg.name}': {str(e).splitlines()[0]}") from None
         tok = _load_tokenizer(cfg, src, tokenizer_dir)
         if len(tok) > model.get_input_embeddings().num_embeddings:
             raise ModelError(f"tokenizer has {len(tok)} tokens but {cfg.name} has only "
@@ -619,6 +634,6 @@ def load_policy(cfg: ModelConfig, *, tokenizer_dir: str | Path | None = None) ->
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)  # peft internals
                 model = get_peft_model(model, lora)
         except ValueError as e:
-            raise ModelError(f"LoRA on {cfg.name}: {str(e).splitlines()[0]} (set policy.lora.target_modules)")
+            raise ModelError(f"LoRA on {cfg.name}: {str(e).splitlines()[0]} (set policy.lora.target_modules)") from None
     model.eval()
     return Policy(model, tok, seq2seq, cfg)

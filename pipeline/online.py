@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import distributed
+from pipeline import distributed, tracking
 from pipeline.config import ModelConfig, OnlineConfig
 from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore, judge_handler
@@ -61,26 +61,28 @@ def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[tuple]
     return pairs, dropped
 
 
-def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, seed: int) -> dict:
-    """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed)."""
+def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, seed: int, on_step=None) -> dict:
+    """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed).
+    on_step(stats) is called after each optimizer step (the tracker's per-step curves)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(step, cfg.warmup, total))
+    tokens_w = torch.tensor(policy.token_counts([p[1] for p in pairs]), dtype=torch.float32) if cfg.nll_alpha else None
     policy.train()
     history = []
     world = distributed.world_size()
     with distributed.data_parallel(policy), tqdm(total=total, desc="update", leave=False,
                                                  **distributed.bar_kwargs()) as bar:
-        _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world)
+        _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step)
     policy.eval()
     return {"steps": total, "loss_first": history[0]["loss"] if history else None,
             "loss_last": history[-1]["loss"] if history else None,
             "margin_last": history[-1]["margin"] if history else None, "world_size": world}
 
 
-def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> None:
+def _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step) -> None:
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     for epoch in range(cfg.epochs):
         order = list(range(len(pairs)))
@@ -94,15 +96,17 @@ def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> No
             m = 3 if cfg.loss == "xpo" else 2  # chosen, rejected (and XPO's own sample), one prompt encoding
             lp = policy.shared_logprobs([pairs[i][0]["document"] for i in idx], [list(pairs[i][1:1 + m]) for i in idx],
                                         batch_size=len(idx), grad=True)
-            loss, stats = preference_loss(
-                cfg.loss, lp[:, 0], lp[:, 1], ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device), cfg.beta,
-                cfg.xpo_alpha, lp[:, 2] if cfg.loss == "xpo" else None)
+            ref_w, ref_l = ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device)
+            loss, stats = preference_loss(cfg.loss, lp[:, 0], lp[:, 1], ref_w, ref_l, cfg.beta, cfg.xpo_alpha,
+                                          lp[:, 2] if cfg.loss == "xpo" else None, cfg.nll_alpha,
+                                          None if tokens_w is None else tokens_w[idx].to(lp.device))
+            stats |= _logratio_stats(lp[:, 0], lp[:, 1], ref_w, ref_l)
             if world > 1:  # DDP averages gradients over processes: scaled so the average is the batch mean
                 loss = loss * (share * world / batch)
-                whole = distributed.all_sum(torch.tensor([loss.item(), stats["margin"] * share,
-                                                          stats["accuracy"] * share], dtype=torch.float64))
+                whole = distributed.all_sum(torch.tensor([loss.item()] + [v * share for v in stats.values()],
+                                                         dtype=torch.float64))
                 loss_value = whole[0].item() / world  # the batch's loss, the same on every process
-                stats = {"margin": whole[1].item() / batch, "accuracy": whole[2].item() / batch}
+                stats = {k: whole[i].item() / batch for i, k in enumerate(stats, 1)}
             else:
                 loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -111,13 +115,26 @@ def _epochs(policy, pairs, ref, cfg, rng, opt, sched, bar, history, world) -> No
                                          "the last good checkpoint is kept (lower online.lr?)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
+            step_lr = opt.param_groups[0]["lr"]
             sched.step()
             crash_point("update")
             history.append({"epoch": epoch, "loss": loss_value, **stats})
+            if on_step is not None:
+                on_step({"loss": loss_value, **stats, "lr": step_lr, "grad_norm": grad_norm.item()})
             bar.set_postfix(loss=f"{loss_value:.3f}", margin=f"{stats['margin']:.2f}")
             bar.update()
+
+
+def _logratio_stats(pi_w, pi_l, ref_w, ref_l) -> dict:
+    """Batch means of log π/π_ref for the chosen and the rejected responses, and k1 = −mean log π/π_ref over both,
+    the plain estimate of KL(π_ref‖π) from draws of π_ref. Here the draws were picked by the judge (its best and
+    worst of K, some transferred from the pool; under online.reference=initial, draws of the current iterate), so it
+    tracks how far the update has moved rather than measuring the KL exactly, and it can dip below 0."""
+    chosen, rejected = (pi_w - ref_w).detach(), (pi_l - ref_l).detach()
+    return {"chosen_logratio": chosen.mean().item(), "rejected_logratio": rejected.mean().item(),
+            "kl_ref": -torch.cat([chosen, rejected]).mean().item()}
 
 
 def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelConfig | None) -> dict:
@@ -133,7 +150,7 @@ def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelC
 
 
 def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: LabelStore, scorers: dict,
-                  selector, cfg: OnlineConfig, initial: ModelConfig | None, out_dir: Path) -> dict:
+                  selector, cfg: OnlineConfig, initial: ModelConfig | None, out_dir: Path, on_step=None) -> dict:
     timings, t0 = {}, time.time()
     rng = random.Random(f"{cfg.seed}-{t}")
     rows = rng.sample(train_rows, min(cfg.prompts_per_iteration, len(train_rows)))
@@ -157,7 +174,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     timings["reference_s"] = time.time() - t2
     t3 = time.time()
     try:
-        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t)
+        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t, on_step=on_step)
     except FloatingPointError as e:
         raise FloatingPointError(f"iteration {t}: {e}") from None
     timings["update_s"] = time.time() - t3
@@ -274,6 +291,7 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
     selector = validate(cfg, list(scorers))
     out_dir.mkdir(parents=True, exist_ok=True)
     start_cfg = dataclasses.replace(policy_cfg, name=str(start_dir), tokenizer="auto")
+    tracker = tracking.for_stage(out_dir)
     policy, results = None, []
     for t in range(1, cfg.iterations + 1):
         it_dir = out_dir / f"iter_{t}"
@@ -286,7 +304,9 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
             prev = out_dir / f"iter_{t - 1}" / "model" if t > 1 else start_dir
             policy = load_policy(dataclasses.replace(start_cfg, name=str(prev)))
         log.info("online iteration %d/%d", t, cfg.iterations)
-        res = run_iteration(t, policy, train_rows, judge, store, scorers, selector, cfg, start_cfg, out_dir)
+        tracker.begin(t)
+        res = run_iteration(t, policy, train_rows, judge, store, scorers, selector, cfg, start_cfg, out_dir,
+                            on_step=tracker.train_step)
         results.append(res["metrics"])
         if not distributed.is_main():
             distributed.barrier()  # the main process writes the iteration's checkpoint and files
@@ -296,6 +316,9 @@ def run_online(policy_cfg: ModelConfig, start_dir: Path, cfg: OnlineConfig, trai
         atomic_write_text(it_dir / "metrics.json", json.dumps(res["metrics"], indent=2))
         atomic_write_text(it_dir / "selector.json", json.dumps(res["selector_state"]))
         _write_arms(it_dir / "arms.csv", res["arms"])
+        tracker.iteration(t, res["metrics"], res["arms"], [SELF, *scorers])
+        tracker.samples(t, policy, judge, cfg, start_cfg, it_dir)
+        tracker.end()  # the iteration's points are on disk before its DONE marker
         crash_point("iteration_end")
         atomic_write_text(it_dir / "DONE", "")
         distributed.barrier()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import distributed
+from pipeline import distributed, tracking
 from pipeline.config import SFTConfig
 from pipeline.durable import atomic_write_text
 from pipeline.models import Policy
@@ -85,21 +85,24 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     torch.manual_seed(cfg.seed)
     start = time.time()
     main = distributed.is_main()
+    tracker = tracking.for_stage(out_dir)
+    tracker.begin()
     with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file:
         copy_losses = []
         if cfg.copy_steps > 0:
-            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr, copy_targets(train_rows, cfg.batch_size, cfg.seed),
-                                 log_file, "copy", start)
+            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr,
+                                 copy_targets(train_rows, cfg.batch_size, cfg.seed), log_file, "copy", start, tracker)
         # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
         targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
         stream = ([(r, targets[id(r)]) for r in batch] for batch in _batches(train_rows, cfg.batch_size, cfg.seed))
-        losses = _train(policy, cfg, cfg.steps, cfg.lr, stream, log_file, "sft", start)
+        losses = _train(policy, cfg, cfg.steps, cfg.lr, stream, log_file, "sft", start, tracker)
     policy.eval()
     # the main process evaluates and saves; the others wait and get its metrics
-    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs, copy_losses)
+    return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs, copy_losses, tracker)
 
 
-def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_file, phase: str, start: float):
+def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_file, phase: str, start: float,
+           tracker: tracking.Tracker):
     """`steps` AdamW steps of token-mean cross-entropy on (row, target) batches from `stream`; returns the losses."""
     params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: only the adapters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -127,8 +130,10 @@ def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_fi
                 loss = distributed.all_sum(loss.detach()) / world  # the whole batch's loss, for the log
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             losses.append(loss.item())
+            tracker.sft_step(phase, step, losses[-1], step_lr)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if step % cfg.log_every == 0 or step == steps:
                 row = {"step": step, "loss": round(losses[-1], 5), "lr": optimizer.param_groups[0]["lr"],
@@ -139,13 +144,15 @@ def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_fi
 
 
 def _finish(policy: Policy, cfg: SFTConfig, eval_rows: list[dict], out_dir: Path, losses: list[float],
-            start: float, epochs: float, copy_losses: list[float]) -> dict:
+            start: float, epochs: float, copy_losses: list[float], tracker: tracking.Tracker) -> dict:
     metrics: dict = {"rouge_lsum": None}
     if cfg.eval_examples > 0 and eval_rows:
         rows = eval_rows[: cfg.eval_examples]
         preds = [s[0] for s in policy.sample([r["document"] for r in rows], 1, temperature=0.0,
                                              max_new_tokens=cfg.eval_max_new_tokens)]
         metrics["rouge_lsum"] = sum(rouge_lsum(preds, [r["summary"] for r in rows])) / len(rows)
+        tracker.scalars({"sft/eval_rouge_lsum": metrics["rouge_lsum"]}, cfg.steps)
+    tracker.end()
     policy.save(out_dir / "model")
     window = max(1, min(10, len(losses) // 2))  # single-step losses are noisy: average a few at each end
     if copy_losses:

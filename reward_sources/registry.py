@@ -27,6 +27,7 @@ SOURCES = {
     "loglik": "reward_sources.loglik:build",
     "reward_model": "reward_sources.reward_model:build_source",
     "python": "reward_sources.python_source:build",
+    "evaluate": "reward_sources.evaluate_metric:build",
 }
 
 JUDGES = {
@@ -38,8 +39,11 @@ JUDGES = {
 }
 # Recipes are saved into the run directory (config.yaml): secrets never go in them, only the NAME of an
 # environment variable that holds one (an option ending in `_env`, e.g. pairwise_http's api_key_env).
-SECRET_OPTIONS = {"api_key", "apikey", "access_token", "auth_token", "token", "password", "secret", "authorization",
-                  "bearer", "headers"}
+# By the key's last word, so that a python source's `kwargs: {openai_api_key: ...}` or `hf_token` is caught too
+# (and `max_tokens` is not).
+SECRET_OPTION = re.compile(r"(?:^|[_.-])(?:api_?key|(?:secret|private|access)_?key|token|password|passwd|secret|"
+                           r"authorization|bearer|credentials?|headers|cookie)\Z", re.IGNORECASE)
+_URL_QUERY_SECRET = re.compile(r"[?&;](?:[a-z0-9_.-]*(?:key|token|password|secret|auth|signature|sig))=", re.IGNORECASE)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]*@", re.IGNORECASE)
 
@@ -76,7 +80,7 @@ def check_no_secrets(where: str, params) -> None:
         return
     for key, value in params.items():
         low = str(key).lower()
-        if low in SECRET_OPTIONS:
+        if SECRET_OPTION.search(low) and not low.endswith("_env"):
             hint = ("set api_key_env to the variable's name" if "key" in low or low in ("authorization", "bearer", "headers")
                     else "pass the variable's name instead (an option ending in _env)")
             raise RegistryError(f"{where}.{key}: a literal secret in a recipe is refused (recipes are saved to the run "
@@ -84,6 +88,9 @@ def check_no_secrets(where: str, params) -> None:
         if low.endswith("_env") and not (isinstance(value, str) and _ENV_NAME.match(value)):
             raise RegistryError(f"{where}.{key} must be the NAME of an environment variable (letters, digits, _), "
                                 "not the secret itself")
+        if isinstance(value, str) and "://" in value and _URL_QUERY_SECRET.search(value):
+            raise RegistryError(f"{where}.{key}: a URL with a key in its query string is refused (recipes are saved to "
+                                "the run directory); put the key in an environment variable (api_key_env)")
         if isinstance(value, str) and _URL_CREDENTIALS.match(value.strip()):
             raise RegistryError(f"{where}.{key}: a URL with credentials (user:password@) is refused (recipes are saved "
                                 "to the run directory); put the key in an environment variable (api_key_env)")

@@ -46,8 +46,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_run_recipe
+
 from pipeline.labels import _key
 
 pytestmark = pytest.mark.slow
@@ -203,9 +203,15 @@ def _no_timing(d):
     return d
 
 
+def run_files(run: Path) -> set[str]:
+    """Every file a resumed run must reproduce: not the log, nor TensorBoard event files, whose names and records
+    carry time, host and pid (tests/test_tracking.py compares their points across a resume)."""
+    files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    return {f for f in files if f != "run.log" and not f.startswith("tb/")}
+
+
 def assert_same_run(run: Path, ref: Path) -> None:
-    files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()} - {"run.log"}
-    ref_files = {p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file()} - {"run.log"}
+    files, ref_files = run_files(run), run_files(ref)
     assert files == ref_files, f"extra: {sorted(files - ref_files)}, missing: {sorted(ref_files - files)}"
     for rel in sorted(files):
         a, b = run / rel, ref / rel

@@ -23,6 +23,20 @@ def test_losses_equal_hand_worked_values(kind, expected):
     assert stats["accuracy"] == pytest.approx(1 / 3)
 
 
+def test_nll_term_adds_the_chosen_per_token_nll():
+    # tokens_w = [2, 4, 3]: -pi_w / tokens = [0.5, 0.5, 1.0] -> mean 2/3; times alpha = 1.5 -> +1.0
+    tokens = torch.tensor([2.0, 4.0, 3.0])
+    for kind, base in (("dpo", 0.758031), ("ipo", 2.083333)):
+        loss, _ = preference_loss(kind, PI_W, PI_L, REF_W, REF_L, beta=0.5, nll_alpha=1.5, tokens_w=tokens)
+        assert loss.item() == pytest.approx(base + 1.0, abs=1e-6)
+    pi_w = PI_W.clone().requires_grad_()
+    preference_loss("dpo", pi_w, PI_L, REF_W, REF_L, beta=0.5, nll_alpha=1.0, tokens_w=tokens)[0].backward()
+    h = torch.tensor([1.0, -0.5, -1.0])
+    assert torch.allclose(pi_w.grad, (-0.5 * torch.sigmoid(-0.5 * h) - 1.0 / tokens) / 3, atol=1e-6)
+    with pytest.raises(ValueError, match="nll_alpha needs tokens_w"):
+        preference_loss("dpo", PI_W, PI_L, REF_W, REF_L, beta=0.5, nll_alpha=1.0)
+
+
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     pi_w = PI_W.clone().requires_grad_()
     pi_l = PI_L.clone().requires_grad_()

@@ -155,7 +155,7 @@ def test_python_source_output_errors(user_module):
 
 
 def test_registry_unknown_names():
-    with pytest.raises(RegistryError, match=r"unknown source 'rogue'; known: bertscore, loglik, python, "
+    with pytest.raises(RegistryError, match=r"unknown source 'rogue'; known: bertscore, evaluate, loglik, python, "
                                             r"reward_model, rouge\. Did you mean 'rouge'\?"):
         build_source({"name": "rogue"})
     with pytest.raises(RegistryError, match="unknown judge 'pairwise'.*Did you mean 'pairwise_llm'"):
@@ -238,8 +238,13 @@ def test_loglik_spec_errors(tmp_path):
 def _tiny_reward_model(tmp_path, arch: str, chat: bool) -> str:
     """A random sequence-classification model plus a WordLevel tokenizer, both built offline."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
     words = sorted(set(" ".join(DOCS + RESPONSES).lower().replace(".", " ").split())
