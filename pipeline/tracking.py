@@ -27,7 +27,9 @@ import os
 from pathlib import Path
 
 from pipeline import distributed
-from pipeline.config import ConfigError, TrackingConfig
+from pipeline.data import load_split
+from pipeline.durable import atomic_write_text
+from pipeline.config import ConfigError, TrackingConfig, load_recipe
 
 log = logging.getLogger(__name__)
 BACKENDS = ("tensorboard", "wandb", "none")
@@ -64,8 +66,6 @@ def for_stage(out_dir: Path) -> Tracker:
     root = run_root(out_dir) if distributed.is_main() else None
     if root is None:
         return Tracker(None, Path(out_dir), TrackingConfig(report_to=["none"], sample_prompts=0))
-    from pipeline.config import load_recipe
-
     return Tracker(root, Path(out_dir), load_recipe(root / "config.yaml").tracking)
 
 
@@ -155,9 +155,6 @@ class Tracker:
         their reference, SFT's summary and iteration t's, drawn with the same noise."""
         if self.cfg.sample_prompts <= 0 or self.root is None:
             return
-        from pipeline.data import load_split
-        from pipeline.durable import atomic_write_text
-
         rows = load_split(self.root / "data", "test")[: self.cfg.sample_prompts]
         if not rows:
             return
