@@ -71,7 +71,7 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_ids(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = [[pad_id] * (width - len(r)) + r if left else r + [pad_id] * (width - len(r)) for r in rows]
     mask = [[0] * (width - len(r)) + [1] * len(r) if left else [1] * len(r) + [0] * (width - len(r)) for r in rows]
@@ -135,7 +135,7 @@ class GumbelSampler(LogitsProcessor):
         return logits + self.noise[:, step - block * self.CHUNK]
 
 
-def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # gather - logsumexp avoids materialising a second (batch, len, vocab) log_softmax tensor
     logits = logits.float()
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
@@ -172,7 +172,7 @@ class Policy:
             return self.tokenizer.apply_chat_template([turn], tokenize=False, add_generation_prompt=True)
         return f"Document: {doc}\nOne-sentence summary:"
 
-    def _prompt_ids(self, documents: list[str]) -> list[list[int]]:
+    def prompt_ids(self, documents: list[str]) -> list[list[int]]:
         texts = [self.prompt_text(d) for d in documents]
         # a chat template already contains its special tokens; adding them again would double BOS
         specials = self.is_seq2seq or not self.tokenizer.chat_template
@@ -181,12 +181,12 @@ class Policy:
             rows = [r if r and r[-1] == self.eos_id else r + [self.eos_id] for r in rows]
         return rows
 
-    def _response_ids(self, responses: list[str]) -> list[list[int]]:
+    def response_ids(self, responses: list[str]) -> list[list[int]]:
         return [r + [self.eos_id] for r in self.tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
 
     def token_counts(self, responses: list[str]) -> list[int]:
         """Tokens of each response as the log-probs count them (end of sequence included)."""
-        return [len(ids) for ids in self._response_ids(responses)]
+        return [len(ids) for ids in self.response_ids(responses)]
 
     # ------------------------------------------------------------------ sampling
     def sample(self, documents: list[str], k: int, *, temperature: float = 1.0, top_k: int = 0,
@@ -209,7 +209,7 @@ class Policy:
             return []
         keys = list(documents) if keys is None else [str(x) for x in keys]
         greedy = temperature == 0
-        prompts = self._prompt_ids(documents)
+        prompts = self.prompt_ids(documents)
         order = sorted(range(len(documents)), key=lambda i: len(prompts[i]))  # similar lengths -> less padding
         rows = [(i, j) for i in order for j in (range(1) if greedy else range(first, first + k))]
         # every knob explicit: a checkpoint's generation_config (top_p, repetition penalty...) would otherwise
@@ -251,7 +251,7 @@ class Policy:
             return LogitsProcessorList([GumbelSampler(seeds, temperature, top_k, prompt_width, dev)])
 
         if not self.is_seq2seq:
-            ids, mask = _pad(prompts, self.pad_id, left=True)
+            ids, mask = pad_ids(prompts, self.pad_id, left=True)
             return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg,
                                        logits_processor=processors(ids.shape[1])), ids
         from transformers.modeling_outputs import BaseModelOutput
@@ -261,7 +261,7 @@ class Policy:
             if j == 0 or p != prompts[j - 1]:
                 distinct.append(p)
             copies.append(len(distinct) - 1)
-        ids, mask = _pad(distinct, self.pad_id, left=False)
+        ids, mask = pad_ids(distinct, self.pad_id, left=False)
         ids, mask, copies = ids.to(dev), mask.to(dev), torch.tensor(copies, device=dev)
         hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         # the decoder starts from one start token: its input_ids are 1 wide before the first new token
@@ -274,21 +274,21 @@ class Policy:
     def _batch_logprobs(self, prompts: list[list[int]], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of targets (batch, R) and their mask."""
         dev = self.device
-        labels, lmask = _pad(targets, self.pad_id, left=False)
+        labels, lmask = pad_ids(targets, self.pad_id, left=False)
         if self.is_seq2seq:
-            enc, emask = _pad(prompts, self.pad_id, left=False)
-            dec_in, _ = _pad([[self.start_id] + t[:-1] for t in targets], self.pad_id, left=False)
+            enc, emask = pad_ids(prompts, self.pad_id, left=False)
+            dec_in, _ = pad_ids([[self.start_id] + t[:-1] for t in targets], self.pad_id, left=False)
             logits = self.model(input_ids=enc.to(dev), attention_mask=emask.to(dev), decoder_input_ids=dec_in.to(dev),
                                 decoder_attention_mask=lmask.to(dev)).logits
         else:
             # [left-padded prompt | right-padded response]: every response starts at the same column, so only the
             # last R+1 positions need the vocab projection (the big tensor for a 49k vocab).
-            pids, pmask = _pad(prompts, self.pad_id, left=True)
+            pids, pmask = pad_ids(prompts, self.pad_id, left=True)
             ids, mask = torch.cat([pids, labels], 1), torch.cat([pmask, lmask], 1)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses with left padding
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev),
                                 logits_to_keep=labels.shape[1] + 1).logits[:, :-1]
-        return _token_logprobs(logits, labels.to(dev)), lmask.to(dev).bool()
+        return token_logprobs(logits, labels.to(dev)), lmask.to(dev).bool()
 
     def logprobs(self, documents: list[str], responses: list[str], *, batch_size: int = 32, grad: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,7 +298,7 @@ class Policy:
         n = len(documents)
         if n == 0:
             return torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        prompts, targets = self._prompt_ids(documents), self._response_ids(responses)
+        prompts, targets = self.prompt_ids(documents), self.response_ids(responses)
         order = sorted(range(n), key=lambda i: len(prompts[i]) + len(targets[i]))
         sums, counts = [], []
         with contextlib.nullcontext() if grad else torch.inference_mode():
@@ -330,8 +330,8 @@ class Policy:
             flat, _, _ = self.logprobs([d for d in documents for _ in range(m)], [y for ys in responses for y in ys],
                                        batch_size=batch_size * m, grad=grad)
             return flat.view(n, m)
-        prompts = self._prompt_ids(documents)
-        targets = [self._response_ids(ys) for ys in responses]
+        prompts = self.prompt_ids(documents)
+        targets = [self.response_ids(ys) for ys in responses]
         order = sorted(range(n), key=lambda i: len(prompts[i]) + sum(map(len, targets[i])))
         parts = []
         with contextlib.nullcontext() if grad else torch.inference_mode():
@@ -345,27 +345,27 @@ class Policy:
         from transformers.modeling_outputs import BaseModelOutput
 
         dev, b, m = self.device, len(prompts), len(targets[0])
-        enc, emask = _pad(prompts, self.pad_id, left=False)
+        enc, emask = pad_ids(prompts, self.pad_id, left=False)
         enc, emask = enc.to(dev), emask.to(dev)
         # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages them
         hidden = getattr(self.model, "module", self.model).get_encoder()(input_ids=enc, attention_mask=emask)
         hidden = hidden.last_hidden_state
         flat = [t for ts in targets for t in ts]
-        labels, lmask = _pad(flat, self.pad_id, left=False)
-        dec_in, _ = _pad([[self.start_id] + t[:-1] for t in flat], self.pad_id, left=False)
+        labels, lmask = pad_ids(flat, self.pad_id, left=False)
+        dec_in, _ = pad_ids([[self.start_id] + t[:-1] for t in flat], self.pad_id, left=False)
         logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(m, 0)),
                             attention_mask=emask.repeat_interleave(m, 0), decoder_input_ids=dec_in.to(dev),
                             decoder_attention_mask=lmask.to(dev)).logits
-        lp = torch.where(lmask.to(dev).bool(), _token_logprobs(logits, labels.to(dev)), 0.0)
+        lp = torch.where(lmask.to(dev).bool(), token_logprobs(logits, labels.to(dev)), 0.0)
         return lp.sum(-1).view(b, m)
 
     def _shared_causal(self, prompts: list[list[int]], targets: list[list[list[int]]]) -> torch.Tensor:
         """Row layout [left-padded prompt | slot 1 | ... | slot m], slot k = response k right-padded to the
         batch's widest response k, so every slot starts at the same column in every row."""
         dev, b, m = self.device, len(prompts), len(targets[0])
-        pids, pmask = _pad(prompts, self.pad_id, left=True)
+        pids, pmask = pad_ids(prompts, self.pad_id, left=True)
         width_p = pids.shape[1]
-        slots = [_pad([ts[k] for ts in targets], self.pad_id, left=False) for k in range(m)]
+        slots = [pad_ids([ts[k] for ts in targets], self.pad_id, left=False) for k in range(m)]
         ids = torch.cat([pids] + [s[0] for s in slots], 1)
         # column kind per row: -2 padding, -1 prompt, k response k
         kind = torch.cat([torch.where(pmask.bool(), -1, -2)] + [torch.where(s[1].bool(), k, -2)
@@ -387,7 +387,7 @@ class Policy:
             w = labels.shape[1]
             # a response's first token is predicted by the prompt's last column, its j-th by its own (j-1)-th
             cols = torch.tensor([0] + list(range(offset + 1, offset + w)), device=dev)
-            lp = _token_logprobs(logits[:, cols], labels.to(dev))
+            lp = token_logprobs(logits[:, cols], labels.to(dev))
             out.append(torch.where(lmask.to(dev).bool(), lp, 0.0).sum(-1))
             offset += w
         return torch.stack(out, 1)

@@ -23,6 +23,8 @@ from collections import defaultdict
 
 import torch
 
+from pipeline import config
+from pipeline.models import load_policy, pad_ids, token_logprobs
 from reward_sources.rouge import check_batch, check_spec
 
 OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
@@ -36,15 +38,13 @@ PACK_TOKENS_PER_TARGET = 16
 
 def model_config(model):
     """A ModelConfig from a name string or a ModelConfig-like mapping (strictly checked)."""
-    from pipeline import config
-
     if isinstance(model, config.ModelConfig):
         return model
     if isinstance(model, str):
         return config.ModelConfig(name=model)
     if isinstance(model, dict):
         try:
-            return config._build(config.ModelConfig, model, "loglik.model.")
+            return config.build_options(config.ModelConfig, model, "loglik.model.")
         except config.ConfigError as e:
             raise ValueError(f"loglik: {e}") from None
     raise ValueError(f"loglik: model must be a name or a mapping of ModelConfig fields, got {type(model).__name__}")
@@ -58,8 +58,6 @@ def model_key(model) -> str:
 
 def get_policy(model):
     """Load once per configuration: the agreement harness builds several loglik scorers on one model."""
-    from pipeline.models import load_policy
-
     cfg = model_config(model)
     key = model_key(cfg)
     if key not in _POLICIES:
@@ -109,8 +107,6 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
                  head=None) -> list[tuple[float, int]]:
     """(sum, n) of each target given one shared prompt, encoding the prompt once. head: (n, KV cache) of the
     prompt's first n tokens (causal models), to be extended rather than recomputed."""
-    from pipeline.models import _pad, _token_logprobs
-
     model, dev = policy.model, policy.device
     out = []
     if policy.is_seq2seq:
@@ -119,13 +115,13 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
         enc_ids = torch.tensor([prompt], device=dev)
         hidden = model.get_encoder()(input_ids=enc_ids, attention_mask=torch.ones_like(enc_ids)).last_hidden_state
         for chunk in _chunks(targets, batch_size):
-            labels, lmask = _pad(chunk, policy.pad_id, left=False)
-            dec_in, _ = _pad([[policy.pad_id] + t[:-1] for t in chunk], policy.pad_id, left=False)
+            labels, lmask = pad_ids(chunk, policy.pad_id, left=False)
+            dec_in, _ = pad_ids([[policy.pad_id] + t[:-1] for t in chunk], policy.pad_id, left=False)
             b = len(chunk)
             logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.expand(b, -1, -1)),
                            attention_mask=torch.ones(b, len(prompt), dtype=torch.long, device=dev),
                            decoder_input_ids=dec_in.to(dev), decoder_attention_mask=lmask.to(dev)).logits
-            lp = torch.where(lmask.to(dev).bool(), _token_logprobs(logits, labels.to(dev)), 0.0)
+            lp = torch.where(lmask.to(dev).bool(), token_logprobs(logits, labels.to(dev)), 0.0)
             out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
         return out
     n_head, head_cache = (0, None) if head is None else (head[0], copy.deepcopy(head[1]))
@@ -152,7 +148,7 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
             logits = model(input_ids=ids, attention_mask=block_mask(lens, n_pre, dtype, dev), position_ids=pos,
                            past_key_values=cache).logits[0]
             labels = torch.tensor([x for i in chunk for x in targets[i][1:]], device=dev)
-            tok = _token_logprobs(logits, labels)
+            tok = token_logprobs(logits, labels)
         for i, part in zip(chunk, tok.split(lens)):
             out.append((float(first[targets[i][0]] + part.sum()), len(targets[i])))
     return out
@@ -160,11 +156,9 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
 
 def _score_padded(policy, pre, first, n_pre: int, targets: list[list[int]], batch_size: int) -> list[tuple[float, int]]:
     """The same with right-padded batches over copies of the prompt's cache (attention without 4D masks)."""
-    from pipeline.models import _pad, _token_logprobs
-
     model, dev, out = policy.model, policy.device, []
     for chunk in _chunks(targets, batch_size):
-        labels, lmask = _pad(chunk, policy.pad_id, left=False)
+        labels, lmask = pad_ids(chunk, policy.pad_id, left=False)
         labels, lmask = labels.to(dev), lmask.to(dev)
         b, width = labels.shape
         cache = copy.deepcopy(pre.past_key_values)
@@ -175,7 +169,7 @@ def _score_padded(policy, pre, first, n_pre: int, targets: list[list[int]], batc
         if width > 1:
             logits = model(input_ids=labels[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
                            past_key_values=cache).logits
-            tok_lp = torch.cat([tok_lp, _token_logprobs(logits, labels[:, 1:])], 1)
+            tok_lp = torch.cat([tok_lp, token_logprobs(logits, labels[:, 1:])], 1)
         lp = torch.where(lmask.bool(), tok_lp, 0.0)
         out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
     return out
@@ -186,8 +180,8 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
     groups: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(documents):
         groups[d].append(i)
-    targets = policy._response_ids(list(responses))
-    prompts = dict(zip(groups, policy._prompt_ids(list(groups))))
+    targets = policy.response_ids(list(responses))
+    prompts = dict(zip(groups, policy.prompt_ids(list(groups))))
     sums, counts = [0.0] * len(responses), [0] * len(responses)
     with torch.inference_mode():
         head = None

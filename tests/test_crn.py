@@ -12,9 +12,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import WORDS, generated_texts
 from scipy.stats import chisquare
 
-from conftest import WORDS, generated_texts
 from pipeline.config import ModelConfig, SFTConfig
 from pipeline.models import GumbelSampler, load_policy, noise_seed
 from pipeline.sft import run_sft
@@ -38,7 +38,7 @@ class BiasedHead(torch.nn.Module):
 def boost_eos(policy, p_eos: float, temperature: float, top_k: int):
     """Bias EOS so that its sampling probability (after temperature and top-k cut) at the first step of DOCS[0]
     is p_eos."""
-    logits = next_logits(policy, policy._prompt_ids([DOCS[0]])[0], []) / temperature
+    logits = next_logits(policy, policy.prompt_ids([DOCS[0]])[0], []) / temperature
     others = torch.cat([logits[: policy.eos_id], logits[policy.eos_id + 1:]])
     if top_k:
         others = others.topk(top_k - 1).values
@@ -64,7 +64,7 @@ def sample_by_hand(policy, document: str, seed: int, key: str, index: int, tempe
     """argmax(logits/T [top-k cut] + Gumbel) per step, the noise read from the row's own generator in blocks of
     CHUNK steps, stopping at EOS: (text, tokens generated including EOS)."""
     gen = torch.Generator().manual_seed(noise_seed(seed, key, index))
-    prompt = policy._prompt_ids([document])[0]
+    prompt = policy.prompt_ids([document])[0]
     tokens: list[int] = []
     for step in range(max_new_tokens):
         logits = next_logits(policy, prompt, tokens) / temperature
@@ -155,7 +155,7 @@ def test_gumbel_max_on_given_logits_is_softmax_sampling():
 
 def first_token_distribution(policy, document: str, temperature: float, top_k: int = 0) -> dict[str, float]:
     """Exact probability of each first-token text (tokens with the same decoded text pooled; EOS is '')."""
-    logits = next_logits(policy, policy._prompt_ids([document])[0], []) / temperature
+    logits = next_logits(policy, policy.prompt_ids([document])[0], []) / temperature
     if top_k:
         logits[logits < logits.topk(top_k).values[-1]] = float("-inf")
     out: dict[str, float] = {}

@@ -6,7 +6,7 @@ built by TRL's own pipeline: `_prepare_dataset` tokenises `prompt` and `prompt +
 `DataCollatorForPreference` right-pads [chosen rows; rejected rows] with a `completion_mask`. So this test builds a
 real `DPOTrainer` (offline, on the CPU) from a 3-example text dataset and checks, on one causal batch:
 
-1. tokenisation: TRL's prompt/completion ids equal `Policy._prompt_ids` / `Policy._response_ids` (response + EOS);
+1. tokenisation: TRL's prompt/completion ids equal `Policy.prompt_ids` / `Policy.response_ids` (response + EOS);
 2. DPO: TRL's `compute_loss` equals `preference_loss("dpo", ...)` on `Policy.logprobs` (policy and a reference
    model with a different random init) to 1e-5, and the gradients w.r.t. every policy parameter agree;
 3. IPO: TRL divides each log-ratio by its completion length before the square; ours (as the spec says) uses
@@ -22,13 +22,13 @@ import math
 
 import pytest
 import torch
+from conftest import generated_texts
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from pipeline.config import ModelConfig
 from pipeline.losses import preference_loss
 from pipeline.models import load_policy
-from conftest import generated_texts
 
 # raised inside TRL's own disable_gradient_checkpointing helper under transformers 5, not by anything here
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -97,18 +97,18 @@ def test_trl_tokenisation_matches_policy(models, tmp_path):
     policy, ref = models
     trainer = _trainer(policy, ref, "sigmoid", tmp_path)
     ds = trainer.train_dataset
-    assert ds["prompt_ids"] == policy._prompt_ids(DOCS)
-    assert ds["chosen_ids"] == policy._response_ids(CHOSEN)
-    assert ds["rejected_ids"] == policy._response_ids(REJECTED)
+    assert ds["prompt_ids"] == policy.prompt_ids(DOCS)
+    assert ds["chosen_ids"] == policy.response_ids(CHOSEN)
+    assert ds["rejected_ids"] == policy.response_ids(REJECTED)
     assert all(ids[-1] == policy.eos_id for ids in list(ds["chosen_ids"]) + list(ds["rejected_ids"]))
 
     batch = trainer.data_collator([ds[i] for i in range(len(DOCS))])
-    rows = [p + c for p, c in zip(policy._prompt_ids(DOCS), policy._response_ids(CHOSEN))]
-    rows += [p + r for p, r in zip(policy._prompt_ids(DOCS), policy._response_ids(REJECTED))]
+    rows = [p + c for p, c in zip(policy.prompt_ids(DOCS), policy.response_ids(CHOSEN))]
+    rows += [p + r for p, r in zip(policy.prompt_ids(DOCS), policy.response_ids(REJECTED))]
     for i, row in enumerate(rows):  # right-padded [chosen; rejected], completion_mask marks response + EOS
         assert batch["input_ids"][i, : len(row)].tolist() == row
         assert batch["attention_mask"][i].sum().item() == len(row)
-    n_resp = [len(t) for t in policy._response_ids(CHOSEN) + policy._response_ids(REJECTED)]
+    n_resp = [len(t) for t in policy.response_ids(CHOSEN) + policy.response_ids(REJECTED)]
     assert batch["completion_mask"].sum(1).tolist() == n_resp
 
 
