@@ -97,7 +97,7 @@ class SharedPrefixGenerator:
     @torch.inference_mode()
     def greedy(self, prefix: list[int], suffixes: list[list[int]], prefix_cache=None) -> tuple[list[str], object]:
         """Greedy answers to prefix + each suffix, and the prefix's KV cache (pass it back for the same prefix)."""
-        from pipeline.models import _pad
+        from pipeline.models import pad_ids
 
         model, dev, pad, eos = self.policy.model, self.policy.device, self.policy.pad_id, self.policy.eos_id
         if prefix_cache is None:
@@ -108,7 +108,7 @@ class SharedPrefixGenerator:
         cache.batch_repeat_interleave(b)
         # suffixes left-padded so every row's last real token is the last column; the pads sit between prefix
         # and suffix, masked out, and position ids skip them (as generate() does for left padding)
-        ids, smask = _pad(suffixes, pad, left=True)
+        ids, smask = pad_ids(suffixes, pad, left=True)
         ids, smask = ids.to(dev), smask.to(dev)
         mask = torch.cat([torch.ones(b, n_pre, dtype=torch.long, device=dev), smask], 1)
         pos = n_pre + (smask.cumsum(-1) - 1).clamp(min=0)
