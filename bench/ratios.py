@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassificat
 
 from bench.common import Tally, World, best_of, count_generated, profile_top
 from pipeline.config import OnlineConfig
-from pipeline.online import reference_logprobs, update
+from pipeline.online import Pair, reference_logprobs, update
 from reward_sources import build_judge
 
 
@@ -122,8 +122,9 @@ class LiveReference:
 
     def lookup(self, side: str, idx) -> torch.Tensor:
         if self.key != tuple(idx):
-            lp = self.ref.shared_logprobs([self.pairs[i][0]["document"] for i in idx],
-                                          [[self.pairs[i][1], self.pairs[i][2]] for i in idx], batch_size=len(idx))
+            lp = self.ref.shared_logprobs([self.pairs[i].row["document"] for i in idx],
+                                          [[self.pairs[i].chosen, self.pairs[i].rejected] for i in idx],
+                                          batch_size=len(idx))
             self.key, self.cache = tuple(idx), {"w": lp[:, 0], "l": lp[:, 1]}
         return self.cache[side]
 
@@ -140,7 +141,7 @@ def reference_precompute(world: World, n_prompts: int, new_tokens: int, repeats:
     policy0 = world.policy("t5-micro", max_input_tokens=128)
     rows = world.rows[:n_prompts]
     samples = policy0.sample([r["document"] for r in rows], 2, max_new_tokens=new_tokens, seed=0)
-    pairs = [(r, ys[0], ys[1], ys[1]) for r, ys in zip(rows, samples)]
+    pairs = [Pair(r, ys[0], ys[1], ys[1]) for r, ys in zip(rows, samples)]
     cfg = OnlineConfig(loss="dpo", beta=0.1, lr=1e-4, warmup=10, epochs=2, batch_size=16)  # recipes/demo.yaml
 
     def precomputed(p, _r):

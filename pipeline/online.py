@@ -20,6 +20,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -30,9 +31,9 @@ from pipeline.durable import atomic_write_text, crash_point
 from pipeline.labels import LabelStore, judge_handler
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
-from pipeline.sft import lr_lambda
 from pipeline.selection.base import SELF, LabelContext
 from pipeline.selection.registry import build_selector
+from pipeline.sft import lr_lambda
 from pipeline.transfer import ScoreCache, transfer
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,16 @@ def _argext(scores: list, rng: random.Random, sign: int) -> int:
     return rng.choice([i for s, i in valid if sign * s == best])  # ties: at random, never the first sample
 
 
-def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[tuple], int]:
+class Pair(NamedTuple):
+    """One labelled preference pair of a prompt."""
+
+    row: dict        # the prompt's data row (id, document, summary, ...)
+    chosen: str      # the judge's highest-scored response
+    rejected: str    # its lowest-scored response
+    explore: str     # an untransferred sample of the reference policy (XPO's ỹ)
+
+
+def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[Pair], int]:
     """chosen = judge's highest, rejected = its lowest; prompts whose responses all tie are dropped."""
     pairs, dropped = [], 0
     for r, ys, ss in zip(rows, responses, scores):
@@ -56,12 +66,12 @@ def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[tuple]
         if len(valid) < 2 or max(valid) == min(valid):
             dropped += 1
             continue
-        w, l = _argext(ss, rng, +1), _argext(ss, rng, -1)
-        pairs.append((r, ys[w], ys[l], ys[-1]))  # ys[-1]: an untransferred sample of π_ref, for XPO
+        # the last response is never replaced by transfer (replace_num < K): a sample of π_ref, for XPO
+        pairs.append(Pair(r, ys[_argext(ss, rng, +1)], ys[_argext(ss, rng, -1)], ys[-1]))
     return pairs, dropped
 
 
-def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, seed: int, on_step=None) -> dict:
+def update(policy: Policy, pairs: list[Pair], ref: dict, cfg: OnlineConfig, seed: int, on_step=None) -> dict:
     """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed).
     on_step(stats) is called after each optimizer step (the tracker's per-step curves)."""
     torch.manual_seed(seed)
@@ -69,7 +79,9 @@ def update(policy: Policy, pairs: list[tuple], ref: dict, cfg: OnlineConfig, see
     total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(step, cfg.warmup, total))
-    tokens_w = torch.tensor(policy.token_counts([p[1] for p in pairs]), dtype=torch.float32) if cfg.nll_alpha else None
+    tokens_w = None
+    if cfg.nll_alpha:  # the NLL term is per token of the chosen response
+        tokens_w = torch.tensor(policy.token_counts([p.chosen for p in pairs]), dtype=torch.float32)
     policy.train()
     history = []
     world = distributed.world_size()
@@ -94,7 +106,8 @@ def _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, wo
                 mine = distributed.shard(idx)
                 share, idx = (len(mine), mine) if mine else (0, idx[:1])
             m = 3 if cfg.loss == "xpo" else 2  # chosen, rejected (and XPO's own sample), one prompt encoding
-            lp = policy.shared_logprobs([pairs[i][0]["document"] for i in idx], [list(pairs[i][1:1 + m]) for i in idx],
+            lp = policy.shared_logprobs([pairs[i].row["document"] for i in idx],
+                                        [[pairs[i].chosen, pairs[i].rejected, pairs[i].explore][:m] for i in idx],
                                         batch_size=len(idx), grad=True)
             ref_w, ref_l = ref["w"][idx].to(lp.device), ref["l"][idx].to(lp.device)
             loss, stats = preference_loss(cfg.loss, lp[:, 0], lp[:, 1], ref_w, ref_l, cfg.beta, cfg.xpo_alpha,
@@ -142,7 +155,8 @@ def reference_logprobs(policy: Policy, pairs, cfg: OnlineConfig, initial: ModelC
     ref_model = policy if initial is None else load_policy(initial)
     # each process scores its share of the pairs; everyone gets all
     mine = distributed.shard(list(range(len(pairs))))
-    lp = ref_model.shared_logprobs([pairs[i][0]["document"] for i in mine], [[pairs[i][1], pairs[i][2]] for i in mine])
+    lp = ref_model.shared_logprobs([pairs[i].row["document"] for i in mine],
+                                   [[pairs[i].chosen, pairs[i].rejected] for i in mine])
     if ref_model is not policy:
         del ref_model
     lp = torch.tensor(distributed.unshard(distributed.gather(lp.tolist()), len(pairs)), dtype=torch.float32)
@@ -222,7 +236,8 @@ def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
                     judge_stats["failed"], judge_stats["labels"])
     if failure_rate > cfg.max_judge_failure_rate:
         raise OnlineStopped(f"iteration {t}: the judge failed on {judge_stats['failed']} of {judge_stats['labels']} "
-                            f"labels ({failure_rate:.0%} > online.max_judge_failure_rate={cfg.max_judge_failure_rate:g}); "
+                            f"labels ({failure_rate:.0%} > online.max_judge_failure_rate="
+                            f"{cfg.max_judge_failure_rate:g}); "
                             "failures are stored as NULL and asked again when you rerun")
 
     pairs, dropped = make_pairs(rows, responses, scores, rng)

@@ -7,7 +7,7 @@ import torch
 from pipeline import world
 from pipeline.config import OnlineConfig, WorldConfig, load_recipe
 from pipeline.labels import LabelStore, label_responses
-from pipeline.online import make_pairs, reference_logprobs, update
+from pipeline.online import Pair, make_pairs, reference_logprobs, update
 from pipeline.runner import run
 
 
@@ -17,9 +17,10 @@ def test_pairs_take_best_and_worst_and_drop_ties():
     scores = [[0.1, 0.9, 0.5], [1.0, 1.0, 1.0], [None, 2.0, 3.0]]
     pairs, dropped = make_pairs(rows, responses, scores, random.Random(0))
     assert dropped == 1
-    assert [(p[1], p[2]) for p in pairs] == [("b", "a"), ("i", "h")]
+    assert [(p.chosen, p.rejected) for p in pairs] == [("b", "a"), ("i", "h")]
     # two responses tie for best: either may be chosen, never always the first
-    chosen = {make_pairs(rows[:1], [["x", "y", "z"]], [[1.0, 1.0, 0.0]], random.Random(s))[0][0][1] for s in range(20)}
+    chosen = {make_pairs(rows[:1], [["x", "y", "z"]], [[1.0, 1.0, 0.0]], random.Random(s))[0][0].chosen
+              for s in range(20)}
     assert chosen == {"x", "y"}
 
 
@@ -52,14 +53,14 @@ def test_one_update_raises_the_margin(make_policy, loss):
     torch.manual_seed(0)
     policy = make_policy("t5-tiny")
     rows = world.generate(8, WorldConfig(), seed=1)
-    pairs = [(r, r["summary"], "The council will meet again next month.", "Critics said more details were needed.")
+    pairs = [Pair(r, r["summary"], "The council will meet again next month.", "Critics said more details were needed.")
              for r in rows]
     cfg = OnlineConfig(loss=loss, beta=0.1, lr=1e-3, warmup=0, epochs=1, batch_size=8)
     ref = reference_logprobs(policy, pairs, cfg, None)
     before = (ref["w"] - ref["l"]).mean().item()
     stats = update(policy, pairs, ref, cfg, seed=0)
-    after_w = policy.logprobs([p[0]["document"] for p in pairs], [p[1] for p in pairs])[0]
-    after_l = policy.logprobs([p[0]["document"] for p in pairs], [p[2] for p in pairs])[0]
+    after_w = policy.logprobs([p.row["document"] for p in pairs], [p.chosen for p in pairs])[0]
+    after_l = policy.logprobs([p.row["document"] for p in pairs], [p.rejected for p in pairs])[0]
     assert stats["steps"] == 1
     assert (after_w - after_l).mean().item() > before + 0.05
 
@@ -67,7 +68,7 @@ def test_one_update_raises_the_margin(make_policy, loss):
 def test_nll_term_keeps_the_chosen_response_likelier(make_policy):
     """DPO + nll_alpha raises log π(chosen) above what DPO alone leaves it at, from the same start and batches."""
     rows = world.generate(8, WorldConfig(), seed=1)
-    pairs = [(r, r["summary"], "The council will meet again next month.", "Critics said more details were needed.")
+    pairs = [Pair(r, r["summary"], "The council will meet again next month.", "Critics said more details were needed.")
              for r in rows]
     chosen = {}
     for alpha in (0.0, 1.0):
@@ -75,7 +76,7 @@ def test_nll_term_keeps_the_chosen_response_likelier(make_policy):
         policy = make_policy("t5-tiny")
         cfg = OnlineConfig(loss="dpo", beta=0.1, lr=1e-3, warmup=0, epochs=2, batch_size=4, nll_alpha=alpha)
         update(policy, pairs, reference_logprobs(policy, pairs, cfg, None), cfg, seed=0)
-        chosen[alpha] = policy.logprobs([p[0]["document"] for p in pairs], [p[1] for p in pairs])[0].mean().item()
+        chosen[alpha] = policy.logprobs([p.row["document"] for p in pairs], [p.chosen for p in pairs])[0].mean().item()
     assert chosen[1.0] > chosen[0.0] + 0.1
 
 
