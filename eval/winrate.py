@@ -4,13 +4,17 @@ Per seed each policy samples `eval.samples_per_prompt` responses per test prompt
 scores both (a > b wins, equal scores count 0.5), a pairwise judge is asked both orders (disagreement = 0.5,
 failures dropped and counted). With several samples, the j-th of a meets the j-th of b and the prompt's outcome
 is their mean: the per-seed noise of sampling shrinks while prompts stay the independent unit. Per-seed rows
-carry a normal-approximation 95% CI over prompts; the summary pools seeds by first
-averaging each prompt's outcomes over seeds (seeds share prompts, so prompts are the independent unit).
+carry a 95% percentile-bootstrap CI over prompts; the summary pools seeds by first averaging each prompt's outcomes
+over seeds (seeds share prompts, so prompts are the independent unit).
+
+The interval is a percentile bootstrap (BOOTSTRAP resamples of the prompts, a fixed seed so that a rerun prints
+the same table) rather than mean ± 1.96 s/√n: that normal approximation leaves [0, 1] near the edges (an oracle
+run printed [-8.0, 24.7] %), while a bootstrap interval lies between the smallest and largest outcome. Wilson's
+interval would need 0/1 outcomes, and a prompt's outcome here is a mean (ties are 0.5).
 """
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +22,20 @@ import numpy as np
 from pipeline.labels import LabelStore
 
 FIELDS = ["policy_a", "policy_b", "iteration", "seed", "n_prompts", "win_rate", "ci_low", "ci_high"]
+BOOTSTRAP = 4000
 
 
 def mean_ci(x) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval of outcomes in [0, 1] (NaN bounds below two outcomes)."""
     x = np.asarray(x, dtype=float)
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
     m = float(x.mean())
-    half = 1.96 * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return m, m - half, m + half
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    means = x[np.random.default_rng(0).integers(0, len(x), (BOOTSTRAP, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return m, float(lo), float(hi)
 
 
 def sample_test(policy, rows: list[dict], ev, batch_size: int, seed: int) -> list[list[str]]:

@@ -1,4 +1,5 @@
-"""Durability helpers: atomic file writes, and named crash points for the kill-test harness.
+"""Durability helpers: atomic file writes, checksum manifests of finished outputs, and named crash points for the
+kill-test harness.
 
 A crash point is a no-op unless TRLHF_CRASH_AT names it ("judge" or "judge:3" = the 3rd time the point is
 reached); then the process kills itself with SIGKILL, exactly like `kill -9` from outside, but at a point the
@@ -6,12 +7,20 @@ test can name. tests/test_kill.py reruns the same command afterwards and compare
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
 _hits: dict[str, int] = {}
+MANIFEST = "MANIFEST.sha256.json"
+
+
+class StateError(RuntimeError):
+    """A run-directory file that is missing, truncated or changed since it was written: one line naming the file
+    and how to recover (never silently replaced by a fresh one)."""
 
 
 def crash_point(name: str) -> None:
@@ -72,3 +81,39 @@ def clear_stale(path: str | Path) -> None:
                 else:
                     p.unlink(missing_ok=True)
                 break
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(d: str | Path, paths: list[Path]) -> None:
+    """Record size and sha256 of `paths` (files, or directories taken whole) in d/MANIFEST.sha256.json."""
+    d = Path(d)
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    atomic_write_text(d / MANIFEST, json.dumps(
+        {str(f.relative_to(d)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in files}, indent=1))
+
+
+def verify_manifest(d: str | Path, recover: str) -> bool:
+    """False when d has no manifest; StateError naming the first file that is missing, of another size or of
+    other content (a corruption of the same size included). `recover` says what to do about it."""
+    d = Path(d)
+    if not (d / MANIFEST).exists():
+        return False
+    try:
+        entries = json.loads((d / MANIFEST).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise StateError(f"'{d / MANIFEST}' is corrupt; {recover}") from None
+    for rel, want in entries.items():
+        f = d / rel
+        what = ("is missing" if not f.is_file() else
+                f"has {f.stat().st_size} bytes, {want['size']} when written" if f.stat().st_size != want["size"] else
+                "changed since it was written (checksum mismatch)" if _sha256(f) != want["sha256"] else None)
+        if what:
+            raise StateError(f"'{f}' {what}; {recover}")
+    return True

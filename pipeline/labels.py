@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline import distributed
+from pipeline.durable import StateError
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,23 @@ class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        recover = ("it holds paid labels, so it is not replaced: restore it from a backup, or move it away to start "
+                   "a store without them (every label is then asked again)")
         self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a label acknowledged is a label on disk
-        self.db.execute(_SCHEMA)
-        self.db.commit()
+        try:
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # a label acknowledged is a label on disk
+            self.db.execute(_SCHEMA)
+            self.db.commit()
+        except sqlite3.OperationalError:  # a full disk or a locked file: the CLI's one-line I/O error
+            self.db.close()
+            raise
+        except sqlite3.DatabaseError as e:  # not a database, truncated, malformed
+            self.db.close()
+            raise StateError(f"label store '{self.path}' is corrupt ({e}); {recover}") from None
         self.asked = 0  # queries sent to a judge by this process
         self.reused = 0  # answers served from the store
         self.judged_per_process: list[int] = []  # scalar queries each process answered (online resets it)
@@ -61,7 +74,9 @@ class LabelStore:
         found = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            q = f"SELECT key, answer FROM labels WHERE answer IS NOT NULL AND key IN ({','.join('?' * len(chunk))})"
+            # a pairwise answer outside [0, 1] stored by an older version is no answer: asked again
+            q = (f"SELECT key, answer FROM labels WHERE answer IS NOT NULL AND key IN ({','.join('?' * len(chunk))}) "
+                 "AND (kind != 'pairwise' OR answer BETWEEN 0 AND 1)")
             found.update(dict(self.db.execute(q, chunk).fetchall()))
         return found
 
@@ -77,7 +92,8 @@ class LabelStore:
         # Asked and committed in chunks: a process killed while the judge works loses one chunk of answers at most.
         for s in range(0, len(ask_idx), self.chunk):
             part = ask_idx[s : s + self.chunk]
-            answers, raws = self._ask(judge, ask, [rows[i] for i in part], [a[i] for i in part], [b[i] for i in part])
+            answers, raws = self._ask(judge, ask, kind, [rows[i] for i in part], [a[i] for i in part],
+                                      [b[i] for i in part])
             now = time.time()
             with self.db:  # REPLACE: a failure stored by an earlier run is overwritten by the new answer
                 self.db.executemany(
@@ -90,9 +106,10 @@ class LabelStore:
         self.reused += len(keys) - len(ask_idx)
         return [found[k] for k in keys]
 
-    def _ask(self, judge, ask, rows, a, b) -> tuple[list[float | None], list]:
+    def _ask(self, judge, ask, kind, rows, a, b) -> tuple[list[float | None], list]:
         """The judge's answers, with failures as None: a judge that raises (for the batch, then per query) or
-        answers NaN/inf/non-numbers gives None, stored as NULL and never used as a score."""
+        answers NaN/inf/non-numbers, or a pairwise answer outside [0, 1] (a probability that a is better), gives
+        None, stored as NULL and never used as a score."""
         try:
             answers = list(ask(rows, a, b))
             if len(answers) != len(rows):
@@ -104,7 +121,7 @@ class LabelStore:
                 return [None], [None]
             answers, raws = [], []
             for r, x, y in zip(rows, a, b):
-                ans, raw = self._ask(judge, ask, [r], [x], [y])
+                ans, raw = self._ask(judge, ask, kind, [r], [x], [y])
                 answers += ans
                 raws += raw
             return answers, raws
@@ -114,10 +131,11 @@ class LabelStore:
                 v = None if ans is None else float(ans)
             except (TypeError, ValueError):
                 v = None
-            clean.append(v if v is not None and math.isfinite(v) else None)
+            ok = v is not None and math.isfinite(v) and (kind != "pairwise" or 0 <= v <= 1)
+            clean.append(v if ok else None)
         if any(c is None and x is not None for c, x in zip(clean, answers)):
-            log.warning("judge %s gave %d non-finite or non-numeric answer(s), recorded as failures", judge.name,
-                        sum(c is None and x is not None for c, x in zip(clean, answers)))
+            log.warning("judge %s gave %d non-finite, non-numeric or out-of-range answer(s), recorded as failures",
+                        judge.name, sum(c is None and x is not None for c, x in zip(clean, answers)))
         return clean, raws
 
     def scalar(self, judge, rows: list[dict], responses: list[str], iteration, seed: int = 0) -> list[float | None]:

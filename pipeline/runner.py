@@ -2,15 +2,21 @@
 
 Each stage writes its outputs and then a DONE marker; a stage with a marker is not redone, so rerunning the
 same command resumes. The resolved config is saved at the first run; a changed recipe on resume is refused
-(pass --force to accept the change).
+(pass --force to accept the change). Each finished stage records a fingerprint of the config keys its outputs
+depend on (stages.json): with --force, a stage whose keys changed is redone, and so is every stage after it,
+instead of its old outputs being reused. Finished checkpoints carry a checksum manifest checked before they are
+used again, and one run at a time holds the run directory (a lock file).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,15 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from filelock import FileLock, Timeout
 
 from pipeline import data as data_stage
 from pipeline import distributed
 from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
-from pipeline.durable import atomic_write_text, crash_point
+from pipeline.durable import MANIFEST, StateError, atomic_write_text, crash_point, verify_manifest, write_manifest
 from pipeline.labels import LabelStore
 
 log = logging.getLogger("pipeline")
 STAGES = ("data", "sft", "sources", "online", "eval")
+# The config keys each stage's outputs depend on (its inputs' keys included). Not here: name, run_dir, table and
+# tracking, which change no stage output.
+STAGE_KEYS = {"data": ("seed", "data"), "sft": ("seed", "data", "policy", "sft"),
+              "sources": ("seed", "data", "policy", "source_models"),
+              "online": ("seed", "data", "policy", "sft", "source_models", "judge", "online"),
+              "eval": ("seed", "data", "policy", "sft", "source_models", "judge", "online", "eval")}
+# A finished iteration is the same whatever these say: more iterations continue the run, and the failure threshold
+# only decides whether an unfinished one may go on.
+_NOT_OUTPUTS = {"iterations", "max_judge_failure_rate"}
 
 
 def configure_threads() -> int:
@@ -50,18 +66,100 @@ def _diff(a, b, prefix=""):
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def fingerprint(config: dict, stage: str) -> str:
+    keys = {k: config.get(k) for k in STAGE_KEYS[stage]}
+    if isinstance(keys.get("online"), dict):
+        keys["online"] = {k: v for k, v in keys["online"].items() if k not in _NOT_OUTPUTS}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished(out: Path, stage: str) -> bool:
+    """Whether any output of `stage` is marked finished (an online iteration counts)."""
+    pattern = {"sources": "sources/*/DONE", "online": "online/**/DONE"}.get(stage, f"{stage}/DONE")
+    return any(out.glob(pattern))
+
+
+def _stale(out: Path, old: dict | None, new: dict) -> list[str]:
+    """Finished stages whose recorded fingerprint differs from the recipe's. A stage finished before fingerprints
+    were recorded is compared by the saved config.yaml, the config of the last run in this directory."""
+    path = out / "stages.json"
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    stale = []
+    for stage in STAGES:
+        before = recorded.get(stage) or (fingerprint(old, stage) if old is not None else None)
+        if _finished(out, stage) and before is not None and before != fingerprint(new, stage):
+            stale.append(stage)
+    return stale
+
+
+def _invalidate(out: Path, stages: list[str]) -> None:
+    """Remove the DONE markers (and checksum manifests) of `stages`, so that they are redone; their outputs are
+    overwritten then, and labels already paid for are read back from the store where the queries are the same."""
+    for stage in stages:
+        pattern = {"sources": "sources/*", "online": "online/**"}.get(stage, stage)
+        for d in [out / stage] + [p for p in out.glob(pattern) if p.is_dir()]:
+            for name in ("DONE", MANIFEST):
+                (d / name).unlink(missing_ok=True)
+        if stage == "data":  # trained on the old train split, and reused whenever it exists
+            shutil.rmtree(out / "data" / "tokenizer", ignore_errors=True)
+        log.warning("stage %s is redone: the config keys it depends on changed", stage)
+
+
+def _record(out: Path, stage: str, recipe: Recipe) -> None:
+    path = out / "stages.json"
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    recorded[stage] = fingerprint(to_dict(recipe), stage)
+    atomic_write_text(path, json.dumps(recorded, indent=1))
+
+
 def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
+    from reward_sources.registry import check_no_secrets
+
+    new = to_dict(recipe)
+    try:  # the CLI checked the components; this covers every other caller, before config.yaml is written
+        check_no_secrets("recipe", new)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out = recipe.out
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
-    if saved.exists():
-        # how many processes train at once changes no result: not a change of recipe
-        changed = [k for k in _diff(yaml.safe_load(saved.read_text()), to_dict(recipe)) if k != "table.jobs"]
-        if changed and not force:
-            raise ConfigError(f"recipe changed since {out} was started ({', '.join(changed[:6])}); "
-                              "rerun with --force to accept, or set run_dir to a new directory")
+    old = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    # how many processes train at once changes no result: not a change of recipe
+    changed = [k for k in _diff(old, new) if k != "table.jobs"] if old is not None else []
+    stale = _stale(out, old, new)
+    if (changed or stale) and not force:
+        redo = f"; --force redoes {', '.join(stale)}" if stale else ""
+        what = f"recipe changed since {out} was started ({', '.join(changed[:6])})" if changed else (
+            f"finished stages of {out} were made with another recipe")
+        raise ConfigError(f"{what}{redo}; rerun with --force to accept, or set run_dir to a new directory")
+    _invalidate(out, stale)
     save_resolved(recipe, saved)
     return out
+
+
+def _seal(d: Path) -> None:
+    """A finished stage's checkpoint and selector state get a checksum manifest, checked before they are used
+    again. Not metrics.json: it holds wall times, so a resumed run's manifest would differ from an uninterrupted
+    one's (tests/test_kill.py compares every byte)."""
+    write_manifest(d, [p for p in (d / "model", d / "selector.json") if p.exists()])
+
+
+def verify(d: Path, redo: str) -> None:
+    """Refuse a finished checkpoint that changed since it was written. One finished before manifests were written
+    (or by a run killed between its DONE marker and its manifest) is sealed now."""
+    if not verify_manifest(d, f"delete '{d}' and rerun the same command to {redo}"):
+        _seal(d)
+
+
+def check_label_count(out: Path, store: LabelStore) -> None:
+    """A store holding fewer labels than a finished iteration recorded was replaced or truncated: refused, so that
+    paid labels never silently vanish (an empty file opens as a new store)."""
+    for it in sorted(out.glob("online/iter_*/DONE")):
+        want = json.loads((it.parent / "metrics.json").read_text()).get("labels_spent_total", 0)
+        if store.count() < want:
+            raise StateError(f"label store '{store.path}' holds {store.count()} labels, but {it.parent.name} finished "
+                             f"with {want}: it was replaced or truncated; restore it from a backup (or delete "
+                             f"{out / 'online'} to redo every iteration, asking every label again)")
 
 
 def _done(stage_dir: Path) -> bool:
@@ -122,6 +220,7 @@ def stage_sources(recipe: Recipe) -> None:
         if distributed.is_main():
             print(f"source model '{sm.label}': {metrics['n_params'] / 1e6:.1f}M params, "
                   f"ROUGE-Lsum {metrics['rouge_lsum']}, {metrics['wall_s']:.0f}s", flush=True)
+            _seal(d)
             _mark(d, metrics)
         distributed.barrier()
 
@@ -164,12 +263,14 @@ def stage_sft(recipe: Recipe) -> None:
             policy.save(d / "model")
         metrics = {"skipped": True}
     if distributed.is_main():
+        _seal(d)
         _mark(d, metrics)
     distributed.barrier()
 
 
 def build_judge(recipe: Recipe, judge_cfg=None):
-    from reward_sources import Context, build_judge as _build
+    from reward_sources import Context
+    from reward_sources import build_judge as _build
 
     j = judge_cfg or recipe.judge
     try:
@@ -214,19 +315,38 @@ def stage_online(recipe: Recipe) -> None:
     if _done(d) and all(_done(d / f"iter_{t}") for t in range(1, recipe.online.iterations + 1)):
         return
     seed_everything(recipe.online.seed)
+    if distributed.is_main():
+        _verify_inputs(recipe)
+        for it in d.glob("iter_*"):  # an unfinished iteration is redone: a manifest of its earlier outputs is void
+            if not _done(it):
+                (it / MANIFEST).unlink(missing_ok=True)
     judge = build_judge(recipe)
     scorers = build_scorers(recipe)
     # the label store is the main process's alone: labels are asked and written once
     store = LabelStore(recipe.out / "labels.sqlite") if distributed.is_main() else None
     try:
+        if store is not None:
+            check_label_count(recipe.out, store)
         results = run_online(recipe.policy, recipe.out / "sft" / "model", recipe.online,
                              data_stage.load_split(recipe.out / "data", "train"), judge, store, scorers, d)
     finally:
         if store is not None:
             store.close()
     if distributed.is_main():
+        for it in sorted(d.glob("iter_*/DONE")):
+            if not (it.parent / MANIFEST).exists():
+                _seal(it.parent)
         _mark(d, {"iterations": len(results)})
     distributed.barrier()
+
+
+def _verify_inputs(recipe: Recipe) -> None:
+    """What the online and eval stages load: the SFT checkpoint, the source models, the finished iterations."""
+    verify(recipe.out / "sft", "redo SFT (and every stage after it)")
+    for sm in recipe.source_models:
+        verify(recipe.out / "sources" / sm.label, f"retrain source model '{sm.label}'")
+    for it in sorted((recipe.out / "online").glob("iter_*/DONE")):
+        verify(it.parent, f"redo {it.parent.name} (and the iterations after it)")
 
 
 def stage_eval(recipe: Recipe) -> list[dict]:
@@ -238,9 +358,11 @@ def stage_eval(recipe: Recipe) -> list[dict]:
         print((d / "winrates.md").read_text())
         return []
     ev = recipe.eval
+    _verify_inputs(recipe)
     judge = build_judge(recipe, ev.judge)
     rows = data_stage.load_split(recipe.out / "data", "test")[: ev.n_prompts]
     store = LabelStore(recipe.out / "labels.sqlite")
+    check_label_count(recipe.out, store)
     baseline = recipe.out / "sft" / "model"
     iterates = [(t, recipe.out / "online" / f"iter_{t}" / "model") for t in range(1, recipe.online.iterations + 1)]
     iterates = [(t, p) for t, p in iterates if p.exists()]
@@ -275,22 +397,46 @@ def stage_eval(recipe: Recipe) -> list[dict]:
 def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
     if until not in STAGES:
         raise ConfigError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
-    with distributed.main_first():
-        out = prepare_run_dir(recipe, force)
-    _setup_logging(out)
-    t0 = time.time()
-    for stage in STAGES[: STAGES.index(until) + 1]:
-        ts = time.time()
-        fn = {"data": stage_data, "sft": stage_sft, "sources": stage_sources, "online": stage_online,
-              "eval": stage_eval}[stage]
-        if stage in ("data", "eval"):  # not sharded: the main process runs them, the others wait
-            distributed.on_main(fn, recipe)
-        else:  # sft, sources, online: every process (DDP updates, sharded generation)
-            fn(recipe)
-        log.info("stage %s finished in %.1fs", stage, time.time() - ts)
+    with run_dir_lock(recipe.out):
+        with distributed.main_first():
+            out = prepare_run_dir(recipe, force)
+        _setup_logging(out)
+        t0 = time.time()
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            ts = time.time()
+            fn = {"data": stage_data, "sft": stage_sft, "sources": stage_sources, "online": stage_online,
+                  "eval": stage_eval}[stage]
+            if stage in ("data", "eval"):  # not sharded: the main process runs them, the others wait
+                distributed.on_main(fn, recipe)
+            else:  # sft, sources, online: every process (DDP updates, sharded generation)
+                fn(recipe)
+            if distributed.is_main():
+                _record(out, stage, recipe)
+            log.info("stage %s finished in %.1fs", stage, time.time() - ts)
     if not distributed.is_main():
         return
     print(f"done in {time.time() - t0:.0f}s; outputs in {out}", flush=True)
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """One run per directory: a second one would ask (and pay for) every label again, and race on its files.
+    Held by the main process (the others of a multi-process run work under it); released when the process
+    ends, however it ends."""
+    if not distributed.is_main():
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StateError(f"run directory '{out}' is in use by another run; wait for it to finish, or set run_dir "
+                         "to another directory") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _setup_logging(out: Path) -> None:

@@ -140,12 +140,29 @@ class SharedPrefixGenerator:
         return out
 
 
+def positive_int(params: dict, key: str, default: int, who: str) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{who}: {key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_build_judge(params: dict) -> None:
+    """The options, checked without loading the model (the CLI runs this before any stage)."""
+    check_spec(params, OPTIONS, "pairwise_llm")
+    for key, default in (("max_new_tokens", 4), ("batch_size", 16), ("max_document_words", 400)):
+        positive_int(params, key, default, "pairwise_llm")
+    model = params.get("model", "gguf:smollm2")
+    if not (isinstance(model, str) and model.strip()) and not (isinstance(model, dict) and model.get("name")):
+        raise ValueError(f"pairwise_llm: model must be a name or a mapping with a 'name', got {model!r}")
+
+
 class PairwiseLLMJudge:
     kind = "pairwise"
 
     def __init__(self, params: dict, ctx=None):
-        check_spec(params, OPTIONS, "pairwise_llm")
-        self.max_words = int(params.get("max_document_words", 400))
+        check_build_judge(params)
+        self.max_words = params.get("max_document_words", 400)
         extra = getattr(ctx, "extra", None) or {}
         if extra.get("generate") is not None:
             if not callable(extra["generate"]):
@@ -158,8 +175,8 @@ class PairwiseLLMJudge:
 
             model = params.get("model", "gguf:smollm2")
             _, policy = get_policy(model)
-            self._generate = SharedPrefixGenerator(policy, int(params.get("max_new_tokens", 4)),
-                                                   int(params.get("batch_size", 16)))
+            self._generate = SharedPrefixGenerator(policy, params.get("max_new_tokens", 4),
+                                                   params.get("batch_size", 16))
             self.name = f"pairwise_llm:{model if isinstance(model, str) else model.get('name')}"
         self.last_raw: list[dict] = []
 

@@ -105,10 +105,10 @@ def test_wrong_types(recipe_file, capsys, override, message):
                           "reward_model. Did you mean 'oracle'?"),
     ("eval.judge={name: rewardmodel}", "eval.judge.name: unknown judge 'rewardmodel'; known: oracle, pairwise_http, "
                                        "pairwise_llm, python, reward_model. Did you mean 'reward_model'?"),
-    ("online.sources=[{name: rogue}]", "online.sources[0].name: unknown source 'rogue'; known: bertscore, loglik, "
-                                       "python, reward_model, rouge. Did you mean 'rouge'?"),
+    ("online.sources=[{name: rogue}]", "online.sources[0].name: unknown source 'rogue'; known: bertscore, evaluate, "
+                                       "loglik, python, reward_model, rouge. Did you mean 'rouge'?"),
     ("online.selector.name=ucbb", "online.selector.name: unknown selector 'ucbb'; known: none, fixed, ucb, "
-                                  "relevance, dual_active, lowrank, shared. Did you mean 'ucb'?"),
+                                  "relevance, dual_active, lowrank, shared, ensemble, linucb. Did you mean 'ucb'?"),
     ("online.selector={name: ucb, params: {blok_size: 4}}",
      "online.selector.params: unknown option(s) ['blok_size'] for selector 'ucb'; valid: ['block_size', 'c', 'carry', "
      "'self_win']; did you mean 'block_size'?"),
@@ -123,7 +123,7 @@ def test_unknown_names_fail_before_any_stage_runs(recipe_file, tmp_path, capsys,
     (["online.n_pool=1", "online.replace_num=2"], "online.n_pool (1) is smaller than online.replace_num (2)"),
     (["online.selector={name: fixed, params: {arm: rouge}}", "online.n_pool=0"],
      "selector 'fixed' transfers from online.sources but online.n_pool is 0"),
-    (["online.k=1"], "online.k must be at least 2"),
+    (["online.k=1"], "'online.k' must be >= 2, got 1"),
 ])
 def test_transfer_with_nothing_to_transfer_fails_before_any_stage_runs(recipe_file, tmp_path, capsys, overrides,
                                                                       message):

@@ -3,7 +3,9 @@
 The server plays vLLM's /v1/chat/completions: it checks the Authorization header, reads the two summaries out of
 the prompt and answers deterministically ("A" when summary A has more words, else "B"; "A" on equal length, a
 position bias that the both-orders combination turns into a 0.5 tie). Texts containing SLOW, BOOM or GARBLE make
-it time out, fail with HTTP 500, or answer nonsense; FLAKY fails with 503 the first time a prompt is seen.
+it time out, fail with HTTP 500, or answer nonsense; FLAKY fails with 503 the first time a prompt is seen; TRICKLE
+sends its answer one byte every 0.3 s (each read within the timeout, the whole far past it), HUGE a 2 MiB answer,
+and PAD<n> a 401 whose text puts the received key <n> characters into the error line.
 """
 from __future__ import annotations
 
@@ -66,6 +68,21 @@ class Server:
                     return self._send(401, {"error": f"invalid api key {auth}"})
                 prompt = body["messages"][0]["content"]
                 a, b = re.search(r"Summary A: (.*?)\nSummary B: (.*?)\n\nWhich", prompt, re.DOTALL).groups()
+                if "TRICKLE" in prompt:
+                    data = json.dumps({"choices": [{"message": {"content": "A"}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                    return None
+                if "HUGE" in prompt:
+                    return self._send(200, {"choices": [{"message": {"content": "A" + " " * (2 << 20)}}]})
+                pad = re.search(r"PAD(\d+)", prompt)
+                if pad:  # HTTP 401 Unauthorized: {"error": "<pad>Bearer <key>..." -- the key lands at the cut
+                    return self._send(401, {"error": "x" * int(pad.group(1)) + f"{auth} was echoed"})
                 if "SLOW" in prompt:
                     time.sleep(4.0)  # far past the test timeout even on a loaded machine
                 if "BOOM" in prompt:
@@ -119,7 +136,7 @@ def test_answers_in_both_orders_with_the_key_in_the_header(server):
 
 
 def test_no_key_configured_sends_no_header(server, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # set, but the recipe did not name it: not sent
     j = build_judge("pairwise_http", {"base_url": server.url, "model": "m", "retries": 0})
     assert j.compare(ROWS[:1], ["a b"], ["a"]) == [None]  # the server wants a key: 401, a failure
     assert server.requests[-1]["auth"] is None
@@ -140,7 +157,11 @@ def test_no_key_configured_sends_no_header(server, monkeypatch):
                                          "http://localhost:8000/v1, got 'ftp://127.0.0.1...'"),
     ({"timeout": "soon"}, "pairwise_http: timeout must be a float >= 0.001, got 'soon'"),
     ({"temperature": 0}, "pairwise_http: unknown option 'temperature'; valid: api_key_env, base_url, concurrency, "
-                         "max_document_words, max_tokens, model, name, retries, timeout."),
+                         "deadline, max_document_words, max_tokens, model, name, retries, timeout."),
+    ({"base_url": "https://judge.example/v1?api_key=abc123"},
+     "pairwise_http.base_url: a URL with a key in its query string is refused (recipes are saved to the run "
+     "directory); put the key in an environment variable (api_key_env)"),
+    ({"deadline": 0}, "pairwise_http: deadline must be a float >= 0.001, got 0"),
 ])
 def test_bad_params_are_one_line_errors_without_the_secret(params, message, monkeypatch):
     monkeypatch.delenv("TRLHF_TEST_UNSET_KEY", raising=False)
@@ -250,3 +271,40 @@ def test_python_judge_entry_builds_a_users_judge():
         build_judge("python", {"function": "builtins:dict"})
     assert str(e.value) == ("python judge: 'builtins:dict' must return an object with a str `name` and `kind` 'scalar' "
                             "(with score(rows, responses, seed)) or 'pairwise' (with compare(rows, a, b, seed))")
+
+
+@pytest.mark.parametrize("pad", range(222, 262, 4))  # the old cut at 300 fell inside the echoed key
+def test_the_key_is_scrubbed_before_the_error_text_is_cut(pad, server, tmp_path, caplog):
+    """A server echoing the key wherever the 300-character cut falls leaves no piece of it (the key was cut after
+    its first characters, then scrubbed only when whole)."""
+    store = LabelStore(tmp_path / "labels.sqlite")
+    with caplog.at_level(logging.WARNING):
+        assert store.pairwise(judge(server), ROWS[:1], [f"PAD{pad} a"], ["b"], iteration=1) == [None]
+    store.close()
+    raw = json.loads(sqlite3.connect(tmp_path / "labels.sqlite").execute("SELECT raw FROM labels").fetchone()[0])
+    assert len(raw["error"]) <= 300 and "x" * 200 in raw["error"]
+    assert SECRET[:3] not in raw["error"] and SECRET[:3] not in caplog.text
+    assert SECRET[:3].encode() not in (tmp_path / "labels.sqlite").read_bytes()
+
+
+def test_a_piece_of_the_key_echoed_alone_is_scrubbed():
+    from reward_sources.http_judge import scrub
+
+    assert scrub(f"token={SECRET[:12]}... rest", SECRET) == "token=***... rest"
+    assert scrub("Authorization: Bearer abc.def", None) == "Authorization: Bearer ***"
+    assert scrub("x" * 400, SECRET) == "x" * 300
+    assert scrub(f"echo {SECRET[:4]}", SECRET) == "echo ***"  # cut inside the key before it came here
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline(server):
+    j = judge(server, timeout=1.0, deadline=1.5)
+    t0 = time.monotonic()
+    assert j.compare(ROWS[:1], ["TRICKLE a"], ["b"]) == [None]
+    assert time.monotonic() - t0 < 4.0  # both orders in parallel; the answer alone would take ~15 s
+    assert j.last_raw[0]["error"] == "no complete answer within the deadline of 1.5s"
+
+
+def test_an_oversized_response_is_a_failure(server):
+    j = judge(server)
+    assert j.compare(ROWS[:1], ["HUGE a"], ["b"]) == [None]
+    assert j.last_raw[0]["error"] == f"response larger than {1 << 20} bytes"

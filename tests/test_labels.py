@@ -1,7 +1,7 @@
-from pipeline.labels import LabelStore
-from reward_sources.oracle import OracleJudge
 from pipeline import world
 from pipeline.config import WorldConfig
+from pipeline.labels import LabelStore
+from reward_sources.oracle import OracleJudge
 
 
 class CountingJudge(OracleJudge):
