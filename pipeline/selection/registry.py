@@ -21,6 +21,8 @@ SELECTORS = {
     "dual_active": "pipeline.selection.dual_active_selector:DualActiveSelector",
     "lowrank": "pipeline.selection.lowrank_selector:LowRankSelector",
     "shared": "pipeline.selection.shared_selector:SharedSelector",
+    "ensemble": "pipeline.selection.ensemble:Ensemble",
+    "linucb": "pipeline.selection.linucb:LinUCB",
 }
 
 
