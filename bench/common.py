@@ -18,7 +18,6 @@ from pipeline import world
 from pipeline.config import ModelConfig, WorldConfig
 from pipeline.models import Policy, load_policy, train_world_tokenizer
 
-
 # ---------------------------------------------------------------------- the offline world
 
 
@@ -137,7 +136,7 @@ def profile_top(fn, n: int = 12) -> list[dict]:
         prof.disable()
     stats = pstats.Stats(prof, stream=io.StringIO())
     rows = []
-    for (file, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
+    for (file, line, func), (_, nc, tt, ct, _) in stats.stats.items():
         rows.append({"function": f"{Path(file).name}:{line}({func})", "calls": nc, "tottime_s": round(tt, 4),
                      "cumtime_s": round(ct, 4)})
     rows.sort(key=lambda r: -r["tottime_s"])

@@ -32,7 +32,7 @@ def _busy(m: dict) -> str:
 
 def _ratio_rows(ratios: dict) -> list[str]:
     rows = ["| key | comparison | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
-    for i, (key, r) in enumerate(ratios.items(), 1):
+    for key, r in ratios.items():
         rows.append(f"| {key} | {r['name']} | {_num(r['ours']['value'], r['unit'])} ({r['ours']['seconds']:.2f} s) | "
                     f"{_num(r['baseline']['value'], r['unit'])} ({r['baseline']['seconds']:.2f} s) | "
                     f"**{r['ratio']:.2f}x** | {r['target']} | {'yes' if r['met'] else '**no**'} |")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, DataConfig
-from pipeline.data import DataError, load_rows, run_data, load_split
+from pipeline.data import DataError, load_rows, load_split, run_data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "xsum" / "xsum_sample.jsonl"
 

@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_run_recipe
+
 from pipeline import distributed
 
 REPO = Path(__file__).resolve().parents[1]

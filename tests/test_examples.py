@@ -2,8 +2,8 @@ import json
 import re
 
 import pytest
-
 from conftest import tiny_run_recipe
+
 from eval.examples import main
 from eval.table import make_table, run_dir
 from pipeline.config import load_recipe

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import generated_texts
 from transformers import AutoTokenizer, T5Config
 
 from pipeline.config import ModelConfig
 from pipeline.models import ModelError, load_policy, train_world_tokenizer
-from conftest import generated_texts
 
 DOCS = generated_texts(5, seed=1, length=30)
 DOCS[2] = "Short one."  # mixed prompt lengths -> padding in the batch

@@ -29,11 +29,12 @@ def test_paper_tpo_recipe_runs_one_tiny_iteration_offline(tmp_path):
     a tiny random reward model as the judge), with the paper's K = 8, N = 32 and replace_num = 4."""
     import json
 
+    from test_sources import _tiny_reward_model
+
     from pipeline import world
     from pipeline.config import WorldConfig
     from pipeline.labels import LabelStore
     from pipeline.runner import run
-    from test_sources import _tiny_reward_model
 
     rm = _tiny_reward_model(tmp_path, "bert", chat=False)
     data = tmp_path / "xsum_like.jsonl"  # real-data schema: no planted facts

@@ -14,8 +14,8 @@ from pipeline.labels import LabelStore
 from pipeline.models import load_policy
 from pipeline.online import make_pairs, run_iteration, run_online
 from pipeline.runner import build_judge, policy_config, run
-from pipeline.selection.dual_active import lcb_scores
 from pipeline.selection.base import SELF, LabelContext, candidate_pairs
+from pipeline.selection.dual_active import lcb_scores
 from pipeline.selection.registry import build_selector
 from pipeline.selection.relevance_selector import COMPOSITE, capped_split
 from pipeline.transfer import ScoreCache
@@ -176,7 +176,7 @@ def test_dual_active_recovers_teacher_rationalities_on_a_planted_setting(tmp_pat
     assert np.allclose(scores[0], lcb_scores(last["theta"], last["H"], last["phi"][0]))
     pairs, _ = make_pairs(rows, online, scores, random.Random(0))
     u = lambda r, y: utility(r, y, PERSONAS["default"])
-    assert np.mean([u(r, w) - u(r, l) for r, w, l, _ in pairs]) > 1.0
+    assert np.mean([u(r, w) - u(r, lose) for r, w, lose, _ in pairs]) > 1.0
     store2 = LabelStore(tmp_path / "l.sqlite")
     _, again, _ = label(store2)
     assert store2.asked == 0 and again == scores

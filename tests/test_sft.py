@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import WORDS
+from test_models import manual_logprobs
 
 from pipeline.config import LoRAConfig, ModelConfig, SFTConfig
 from pipeline.models import load_policy
 from pipeline.sft import lr_lambda, rouge_lsum, run_sft
-from conftest import WORDS
-from test_models import manual_logprobs
 
 XSUM = Path(__file__).resolve().parents[2] / "shared" / "data" / "xsum" / "xsum_sample.jsonl"
 

@@ -58,7 +58,7 @@ def test_ucb_finds_the_best_arm_with_sublinear_regret():
         rng = np.random.default_rng(seed)
         ucb = UCB(["a", "b", "c"], seed, UCBOptions(c=1.0, self_win=0.55))
         regret, curve = 0.0, []
-        for t in range(600):
+        for _ in range(600):
             arm, _ = ucb.choose()
             win = 0.55 if arm == SELF else float(rng.random() < means[arm])
             ucb.update(arm, [win])

@@ -7,7 +7,7 @@ import pytest
 from pipeline import world
 from pipeline.config import WorldConfig
 from reward_sources import build_judge
-from reward_sources.oracle import OracleJudge, utility, PERSONAS
+from reward_sources.oracle import PERSONAS, OracleJudge, utility
 
 
 def test_world_is_seeded_and_references_state_every_fact():

@@ -185,7 +185,9 @@ def simulate(seed: int, strategy: str, d: int = 10, betas=(0.25, 1.0, 4.0), n_po
             th, be = fit_mle(Z, T, Y, K)
             sel = select_batch(th, be, pool, fisher(th, be, Z, T), b)
             idx, tch = sel.pairs, sel.teachers
-        Zs.append(pool[idx]); Ts.append(tch); Ys.append(ask(idx, tch))
+        Zs.append(pool[idx])
+        Ts.append(tch)
+        Ys.append(ask(idx, tch))
     T = np.concatenate(Ts)
     th, be = fit_mle(np.vstack(Zs), T, np.concatenate(Ys), K)
     return angle(th, theta), be, np.bincount(T, minlength=K) / len(T)

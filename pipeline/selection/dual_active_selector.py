@@ -17,8 +17,16 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.config import f
-from pipeline.selection.base import (SELF, LabelContext, LoopSelector, ask_pairs, blas_threads, build_judge,
-                                     candidate_pairs, label_budget)
+from pipeline.selection.base import (
+    SELF,
+    LabelContext,
+    LoopSelector,
+    ask_pairs,
+    blas_threads,
+    build_judge,
+    candidate_pairs,
+    label_budget,
+)
 from pipeline.selection.dual_active import fisher, fit_mle, lcb_scores, select_batch
 from reward_sources.oracle import TEACHERS
 
@@ -103,7 +111,9 @@ class DualActiveSelector(LoopSelector):
                         spent += self.costs[k]
                         queries[k] += 1
                         if a is not None:
-                            Z.append(Zc[c]); T.append(k); Y.append(float(a))
+                            Z.append(Zc[c])
+                            T.append(k)
+                            Y.append(float(a))
                 t_query += time.perf_counter() - t0
 
             # Warm-up: random pairs, teachers in turn (the MLE needs data from every teacher to start).

@@ -15,8 +15,16 @@ from typing import Literal
 import numpy as np
 
 from pipeline.config import f
-from pipeline.selection.base import (SELF, LabelContext, LoopSelector, ask_pairs, blas_threads, build_judge,
-                                     candidate_pairs, label_budget)
+from pipeline.selection.base import (
+    SELF,
+    LabelContext,
+    LoopSelector,
+    ask_pairs,
+    blas_threads,
+    build_judge,
+    candidate_pairs,
+    label_budget,
+)
 from pipeline.selection.lowrank import fit_lowrank
 from reward_sources.oracle import PERSONAS, TEACHERS
 
@@ -89,7 +97,9 @@ class LowRankSelector(LoopSelector):
                 for c, ans in zip(mine, ask_pairs(ctx, self._judges[persona], [cands[c] for c in mine])):
                     if ans is not None:
                         p, i, j = cands[c]
-                        X.append(onehot); Z.append(phi[p][i] - phi[p][j]); Y.append(float(ans))
+                        X.append(onehot)
+                        Z.append(phi[p][i] - phi[p][j])
+                        Y.append(float(ans))
             if not Y:
                 self.record(personas=counts, labels=0, note="no annotator answers; no pairs")
                 return [[None] * len(ys) for ys in ctx.online]

@@ -77,8 +77,8 @@ def _short(metrics: dict) -> dict:
 
 
 def run(seeds: list[int], quick: bool = False, out: str | None = "runs/stages") -> dict:
-    from threadpoolctl import threadpool_limits
     import torch
+    from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     torch.set_num_threads(1)

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import f
-from pipeline.selection.base import (SELF, LabelContext, LoopSelector, blas_threads, candidate_pairs,
-                                     standardised_scores)
+from pipeline.selection.base import SELF, LabelContext, LoopSelector, blas_threads, candidate_pairs, standardised_scores
 from pipeline.selection.shared import SharedRewardModel, TaskData, train
 
 
