@@ -19,7 +19,7 @@ venv: .venv/.ready
 
 # TPO vs no transfer on the synthetic world (recipes/demo.yaml says what it shows); outputs in runs/demo/table/
 demo: venv
-	$(PY) -m eval.table recipes/demo.yaml
+	$(PY) -m pipeline table recipes/demo.yaml
 	$(PY) -m eval.examples runs/demo
 
 test: venv
@@ -41,7 +41,7 @@ sft: venv
 	$(PY) -m pipeline run $(RECIPE) --stage sft $(ARGS)
 
 table: venv
-	$(PY) -m eval.table $(RECIPE) $(ARGS)
+	$(PY) -m pipeline table $(RECIPE) $(ARGS)
 
 # The go/no-go diagnostic of a recipe's world (fact rates, coverage in K vs K+N, sources vs the judge); run it
 # before a table: make diagnose RECIPE=recipes/table.yaml

@@ -1,6 +1,6 @@
 """`python -m eval.examples RUN_DIR`: what SFT and each table method's last iterate write for a few test articles.
 
-Reads a finished `python -m eval.table` run and writes RUN_DIR/table/examples.md (printed too): per article, the
+Reads a finished `python -m pipeline table` run and writes RUN_DIR/table/examples.md (printed too): per article, the
 document, its reference, then S samples of every checkpoint (SFT, then each method's last iterate of the first
 training seed), each with its exact utility when the eval judge knows it (the synthetic world's oracle). Every
 checkpoint samples with the table's eval seed, so its samples are the first S of those the table drew for
@@ -13,10 +13,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from eval.winrate import sample_test
+from pipeline import data as data_stage
+from pipeline.cli import run_command
+from pipeline.config import ConfigError, load_recipe
+from pipeline.models import load_policy
+from pipeline.runner import build_judge, configure_threads, policy_config
+from pipeline.table import all_methods, run_dir
+
 
 def checkpoints(recipe) -> list[tuple[str, Path]]:
-    from eval.table import all_methods, run_dir
-
     seed, last = recipe.table.seeds[0], recipe.online.iterations
     return [("sft", recipe.out / "sft" / "model")] + [
         (label, run_dir(recipe, label, seed) / "online" / f"iter_{last}" / "model") for label, _ in all_methods(recipe)]
@@ -45,23 +51,21 @@ def render(recipe, rows: list[dict], drawn: dict, utils: dict | None, judge_name
 
 
 def prepare(run: Path, articles: int, samples: int):
-    """(recipe, eval judge) of a finished table run; ValueError with a one-line reason otherwise."""
-    from pipeline.config import load_recipe
-    from pipeline.runner import build_judge
-
+    """(recipe, eval judge) of a finished table run; ConfigError with a one-line reason otherwise."""
     if not run.is_dir():
-        raise ValueError(f"no run directory {run}")
+        raise ConfigError(f"no run directory {run}")
     if not (run / "config.yaml").exists():
-        raise ValueError(f"no config.yaml in {run}")
+        raise ConfigError(f"no config.yaml in {run}")
     if min(articles, samples) < 1:
-        raise ValueError("--articles and --samples must be >= 1")
+        raise ConfigError("--articles and --samples must be >= 1")
     # the directory given wins over config.yaml's run_dir, which may be relative to another working directory
     recipe = dataclasses.replace(load_recipe(run / "config.yaml"), run_dir=str(run))
     if not (run / "data" / "test.jsonl").exists():
-        raise ValueError(f"no test split {run / 'data' / 'test.jsonl'}")
+        raise ConfigError(f"no test split {run / 'data' / 'test.jsonl'}")
     missing = [f"{label} ({path})" for label, path in checkpoints(recipe) if not path.is_dir()]
     if missing:
-        raise ValueError(f"missing checkpoint(s): {', '.join(missing)}; run python -m eval.table on its recipe first")
+        raise ConfigError(f"missing checkpoint(s): {', '.join(missing)}; "
+                          "run python -m pipeline table on its recipe first")
     return recipe, build_judge(recipe, recipe.eval.judge)
 
 
@@ -71,21 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--articles", type=int, default=1, help="first N test articles")
     p.add_argument("--samples", type=int, default=3, help="samples per article and checkpoint")
     args = p.parse_args(argv)
-
-    from eval.winrate import sample_test
-    from pipeline import data as data_stage
-    from pipeline.models import load_policy
-    from pipeline.runner import configure_threads, policy_config
-
-    run = Path(args.run)
-    try:
-        recipe, judge = prepare(run, args.articles, args.samples)
-    except ValueError as e:  # ConfigError too
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     configure_threads()
-    rows = data_stage.load_split(run / "data", "test")[: args.articles]
-    ev = dataclasses.replace(recipe.eval, samples_per_prompt=args.samples)
+    return run_command(lambda: write_examples(Path(args.run), args.articles, args.samples))
+
+
+def write_examples(run: Path, articles: int, samples: int) -> None:
+    recipe, judge = prepare(run, articles, samples)
+    rows = data_stage.load_split(run / "data", "test")[:articles]
+    ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
     drawn = {label: sample_test(load_policy(policy_config(recipe, path)), rows, ev, recipe.online.gen_batch_size,
                                 recipe.table.seeds[0])
              for label, path in checkpoints(recipe)}
@@ -95,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     (run / "table").mkdir(parents=True, exist_ok=True)
     (run / "table" / "examples.md").write_text(md)
     print(md, flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,12 +28,15 @@ import numpy as np
 
 from pipeline import data as data_stage
 from pipeline import world
+from pipeline.cli import check_names, run_command
 from pipeline.config import Recipe, load_recipe
+from pipeline.models import load_policy
+from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run
 from reward_sources.oracle import PERSONAS, utility
 
 FACTS = ("person", "role", "place", "number", "event")
-_GO = (0.10, 0.30)
-_AGREEMENT_SAMPLES = 8  # pairs grow with the square of the samples: 8 give 28 pairs per prompt  # fact rates per sample at which Best-of-N has something to surface (docs/testbed.md)
+_GO = (0.10, 0.30)  # fact rates per sample at which Best-of-N has something to surface (docs/testbed.md)
+_AGREEMENT_SAMPLES = 8  # pairs grow with the square of the samples: 8 give 28 pairs per prompt
 
 
 def fact_table(rows: list[dict], responses: list[str], weights: dict | None = None) -> dict:
@@ -109,9 +112,6 @@ def best_of_n(samples, source_scores, utilities, k: int) -> float:
 
 
 def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = None, n_pool: int | None = None) -> str:
-    from pipeline.models import load_policy
-    from pipeline.runner import build_judge, policy_config
-
     rows = data_stage.load_split(recipe.out / "data", "eval")[:n_prompts]
     if not rows or "facts" not in rows[0]:
         return "(no planted facts: the world report needs data.source=synthetic)"
@@ -161,8 +161,9 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
     for name, t in table.items():
         lines.append(f"| {name} | " + " | ".join(f"{t[f]:.2f}" for f in FACTS) + f" | {t['rival_fact']:.2f} | "
                      f"{t['invented_per_summary']:.2f} | {t['words']:.1f} | {t['oracle_utility']:+.2f} |")
-    lines += ["", f"## 2. Coverage: P(stated) per sample, in one of the K={k} online samples, in one of all K+N={k + n_pool}",
-              "", "| fact | per sample | in K online | in K+N pool | go (per sample in 10-30 %) |", "|---|---|---|---|---|"]
+    lines += ["", f"## 2. Coverage: P(stated) per sample, in one of the K={k} online samples, in one of all "
+                  f"K+N={k + n_pool}", "",
+              "| fact | per sample | in K online | in K+N pool | go (per sample in 10-30 %) |", "|---|---|---|---|---|"]
     for fact, c in cover.items():
         go = "yes" if _GO[0] <= c["sample"] <= _GO[1] else "no"
         lines.append(f"| {fact} | {c['sample']:.3f} | {c['online']:.3f} | {c['pool']:.3f} | {go} |")
@@ -194,9 +195,6 @@ def _scores(fn, rows, pools) -> list[list[float]]:
 
 
 def main(argv=None) -> int:
-    from pipeline.config import ConfigError
-    from pipeline.runner import build_scorers, configure_threads, run
-
     argv = sys.argv[1:] if argv is None else argv
     force = "--force" in argv
     argv = [a for a in argv if a != "--force"]
@@ -204,14 +202,14 @@ def main(argv=None) -> int:
         print("usage: python -m eval.world_report RECIPE [--force] [key=value ...]", file=sys.stderr)
         return 2
     configure_threads()
-    try:
+
+    def body():
         recipe = load_recipe(argv[0], argv[1:])
+        check_names(recipe, "sources")
         run(recipe, until="sources", force=force)
         print(report(recipe, build_scorers(recipe)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -400,7 +400,7 @@ def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
     with run_dir_lock(recipe.out):
         with distributed.main_first():
             out = prepare_run_dir(recipe, force)
-        _setup_logging(out)
+        setup_logging(out)
         t0 = time.time()
         for stage in STAGES[: STAGES.index(until) + 1]:
             ts = time.time()
@@ -439,7 +439,7 @@ def run_dir_lock(out: Path):
         lock.release()
 
 
-def _setup_logging(out: Path) -> None:
+def setup_logging(out: Path) -> None:
     root = logging.getLogger()
     if distributed.is_main() and not any(isinstance(h, logging.FileHandler) for h in root.handlers):
         fh = logging.FileHandler(out / "run.log")

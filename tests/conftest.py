@@ -28,7 +28,7 @@ def generated_texts(n: int, seed: int = 0, length: int = 24) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _restore_log_handlers():
-    """runner._setup_logging adds root handlers bound to a test's run dir and captured stderr: drop them after."""
+    """runner.setup_logging adds root handlers bound to a test's run dir and captured stderr: drop them after."""
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
     yield

@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_run_recipe
 
 from eval.examples import main
-from eval.table import make_table, run_dir
+from pipeline.table import make_table, run_dir
 from pipeline.config import load_recipe
 from pipeline.data import load_split
 from pipeline.runner import build_judge
@@ -18,7 +18,7 @@ TWO = ("table.methods=[{label: tpo, selector: {name: ucb, params: {block_size: 2
 def table_run(tmp_path_factory):
     """A finished tiny table run: one seed, TPO and no transfer, one iteration of 8 prompts."""
     tmp = tmp_path_factory.mktemp("examples")
-    (tmp / "tiny.yaml").write_text(tiny_run_recipe("python -m eval.table tiny.yaml", "tiny"))
+    (tmp / "tiny.yaml").write_text(tiny_run_recipe("python -m pipeline table tiny.yaml", "tiny"))
     recipe = load_recipe(tmp / "tiny.yaml", [
         f"run_dir={tmp / 'run'}", TWO, "online.iterations=1", "table.seeds=[0]", "table.aa=false",
         "table.n_prompts=4", "table.utility_prompts=4", "table.utility_samples=3"])

@@ -239,7 +239,7 @@ def test_a_pipeline_run_never_writes_the_key(server, tmp_path):
     """data -> SFT -> one online iteration -> eval with the HTTP judge, as `python -m pipeline run` with the key in
     the environment; then every byte under the run directory (config.yaml, run.log, labels.sqlite, metrics,
     checkpoints...) and the console output are searched for it. (A subprocess: in-process under pytest, its own
-    log file handler keeps runner._setup_logging from writing run.log.)"""
+    log file handler keeps runner.setup_logging from writing run.log.)"""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: http\nrun_dir: {tmp_path / 'run'}\njudge:\n  name: pairwise_http\n  params:\n"
                       f"    base_url: {server.url}\n    model: judge-7b\n    api_key_env: {KEY_ENV}\n")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from eval.paired import paired_interval
-from eval.table import RunFailed, make_table, methods, pairings, run_dir, runs, sample_all, train_all
+from pipeline.cli import RunFailed
 from pipeline.config import ConfigError, load_recipe
 from pipeline.data import load_split
+from pipeline.table import make_table, methods, pairings, run_dir, runs, sample_all, train_all
 
 
 def test_win_rate_interval_over_seeds():
@@ -138,7 +139,8 @@ def test_jobs_give_the_same_runs_and_a_failure_is_one_line(tmp_path):
 
 def test_table_method_errors_fail_before_any_stage(tmp_path):
     bad_name = STAGES.replace("name: shared", "name: sharde")
-    with pytest.raises(ConfigError, match=r"table.methods\[2\] \(proxy\): unknown selector 'sharde'.*Did you mean 'shared'"):
+    with pytest.raises(ConfigError,
+                       match=r"table.methods\[2\] \(proxy\): unknown selector 'sharde'.*Did you mean 'shared'"):
         methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, bad_name]))
     with pytest.raises(ConfigError, match="unknown option.*'steps'"):
         methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES.replace("steps: 30", "stepz: 30")]))

@@ -33,6 +33,8 @@ import dataclasses
 import json
 import sys
 import time
+from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -40,39 +42,29 @@ import numpy as np
 from eval import paired, winrate, world_report
 from pipeline import data as data_stage
 from pipeline import distributed
+from pipeline.cli import RunFailed, check_names, run_command, table_methods
 from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
-from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run, seed_everything
-from pipeline.selection.registry import check_selector
-from pipeline.transfer import arm_names
+from pipeline.models import load_policy
+from pipeline.online import run_online
+from pipeline.runner import (
+    build_judge,
+    build_scorers,
+    configure_threads,
+    policy_config,
+    run,
+    seed_everything,
+    setup_logging,
+)
 
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds", "ci_over",
                 "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
 
 
-class RunFailed(RuntimeError):
-    """An online run or sampling job in a worker process failed: one line for the CLI."""
-
-
 def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
-    """The table's rows: the recipe's list, or TPO + no transfer + pure exploit of each source."""
-    if recipe.table.methods:
-        out = []
-        for i, m in enumerate(recipe.table.methods):
-            if not isinstance(m, dict) or "label" not in m or not isinstance(m.get("selector"), dict):
-                raise ConfigError(f"each table.methods entry needs 'label' and 'selector: {{name, params}}', got {m}")
-            sel = m["selector"]
-            cfg = SelectorConfig(name=sel.get("name", "none"), params=sel.get("params") or {})
-            try:
-                check_selector(cfg.name, cfg.params)
-            except ValueError as e:
-                raise ConfigError(f"table.methods[{i}] ({m['label']}): {e}") from None
-            out.append((str(m["label"]), cfg))
-    else:
-        ucb_params = recipe.online.selector.params if recipe.online.selector.name == "ucb" else {}
-        out = ([("tpo", SelectorConfig("ucb", dict(ucb_params))), ("no_transfer", SelectorConfig("none", {}))]
-               + [(f"exploit:{a}", SelectorConfig("fixed", {"arm": a})) for a in arm_names(recipe.online.sources)])
+    """The table's rows (cli.table_methods) with the rules a table adds: distinct labels, the baseline present."""
+    out = table_methods(recipe)
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"table.methods labels repeat: {labels}")
@@ -124,8 +116,6 @@ def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, t
               judge=None, scorers: dict | None = None) -> None:
     """One (method, seed) online run, resumed from its DONE markers. A worker process builds its own judge and
     sources; seeding is the same either way, so a run's results do not depend on table.jobs."""
-    from pipeline.online import run_online
-
     if judge is None:
         judge, scorers = build_judge(recipe), build_scorers(recipe)
     out = run_dir(recipe, label, seed)
@@ -153,10 +143,8 @@ def train_all(recipe: Recipe, judge, scorers: dict, jobs: int = 1) -> None:
 def _worker(fn, args: tuple, log_dir: Path) -> str | None:
     """A job in a spawned process: one torch thread (TRLHF_THREADS), run.log, and its error as one line (a
     string always crosses the process boundary; some exceptions do not unpickle)."""
-    from pipeline.runner import _setup_logging
-
     configure_threads()
-    _setup_logging(log_dir)
+    setup_logging(log_dir)
     try:
         fn(*args)
     except Exception as e:
@@ -170,9 +158,6 @@ def execute(tasks: list[tuple[str, object, tuple]], jobs: int, log_dir: Path) ->
     in up to `jobs` spawned processes, a fresh one per task. There a failure cancels the queued tasks, lets those
     running finish (what they save is resumed by a rerun), and raises RunFailed saying which failed and why."""
     import multiprocessing
-    from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     if jobs <= 1 or not tasks:
         for _, fn, args in tasks:
             fn(*args)
@@ -220,8 +205,6 @@ def _cached(path: Path, key: dict):
 def sample_run(recipe: Recipe, label: str, seed: int, prompts: int, samples: int) -> None:
     """Draw and cache `samples` responses per test prompt for every iteration of one run that lacks them. The
     sampling seed is the eval seed's (winrate.sample_test), whatever the method: common random numbers."""
-    from pipeline.models import load_policy
-
     rows = data_stage.load_split(recipe.out / "data", "test")[:prompts]
     key = _draw_key(recipe, rows, seed)
     ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
@@ -326,7 +309,10 @@ def costs(recipe: Recipe) -> list[dict]:
                     ms.append(json.loads(path.read_text()))
         if not ms:
             continue
-        mean = lambda k: float(np.mean([m[k] for m in ms if m.get(k) is not None])) if any(m.get(k) is not None for m in ms) else None
+        def mean(key, ms=ms):
+            vals = [m[key] for m in ms if m.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+
         gen = [m["generate_s"] / m["generated_responses"] * 10_000 for m in ms if m.get("generated_responses")]
         out.append(dict(method=label, selector=sel.name, generated_per_iteration=mean("generated_responses"),
                         generate_s_per_10k=float(np.mean(gen)) if gen else None,
@@ -481,7 +467,7 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline table", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     parser.add_argument("--jobs", type=int, default=None,
@@ -489,25 +475,13 @@ def main(argv: list[str] | None = None) -> int:
                              "overrides table.jobs")
     args, overrides = parser.parse_known_args(argv)
     configure_threads()
-    from pipeline.__main__ import check_names
-    from pipeline.data import DataError
-    from pipeline.models import ModelError
-    from pipeline.online import OnlineStopped
-    from reward_sources import RegistryError
 
-    try:
+    def body():
         recipe = load_recipe(args.recipe, overrides)
-        check_names(recipe)
+        check_names(recipe, table=True)
         make_table(recipe, force=args.force, jobs=args.jobs)
-    except (ConfigError, DataError, ModelError, RegistryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (OnlineStopped, FloatingPointError, RunFailed) as e:  # finished runs and iterations are kept for a rerun
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.shutdown()
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":
