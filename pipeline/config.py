@@ -98,7 +98,8 @@ class LoRAConfig:
 @dataclass
 class ModelConfig:
     name: str = f("shape:t5-micro", "hub name, local directory, a .gguf file, 'gguf:smollm2', or 'shape:<name>' "
-                  "for random weights (t5-tiny, t5-micro, t5-micro-l4, t5-mini, t5-small, t5-base, t5-large, llama-tiny)")
+                  "for random weights (t5-tiny, t5-micro, t5-micro-l4, t5-mini, t5-small, t5-base, t5-large, "
+                  "llama-tiny)")
     kind: Literal["auto", "seq2seq", "causal"] = f("auto", "model family; auto = read from the model config")
     tokenizer: str = f("auto", "'auto' (the model's own; for shapes the world tokenizer), 'world', or a path/hub name")
     dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype")

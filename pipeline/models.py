@@ -501,7 +501,8 @@ def _load_tokenizer(cfg: ModelConfig, own: str | Path | None, tokenizer_dir: str
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - hub/IO errors of every kind become one line
-        raise ModelError(f"cannot load tokenizer '{src}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"cannot load tokenizer '{src}': {first}") from None
     if tok.eos_token_id is None:
         raise ModelError(f"tokenizer '{src}' has no EOS token; responses must end with one")
     if tok.pad_token_id is None:  # causal tokenizers often have none; padding is always masked anyway
@@ -599,7 +600,8 @@ def load_policy(cfg: ModelConfig, *, tokenizer_dir: str | Path | None = None) ->
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if where == "hub":
                 hint = f" (random weights: 'shape:{cfg.name}')" if cfg.name in SHAPES else ""
-                raise ModelError(f"cannot load '{cfg.name}' from the Hugging Face hub ({first}); {OFFLINE_HINT}{hint}") from None
+                raise ModelError(f"cannot load '{cfg.name}' from the Hugging Face hub ({first}); "
+                                 f"{OFFLINE_HINT}{hint}") from None
             raise ModelError(f"cannot read the config of {src}: {first}") from None
         for key in ("dropout_rate", "dropout", "attention_dropout", "hidden_dropout", "hidden_dropout_prob",
                     "attention_probs_dropout_prob", "activation_dropout"):

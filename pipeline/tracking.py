@@ -27,9 +27,9 @@ import os
 from pathlib import Path
 
 from pipeline import distributed
+from pipeline.config import ConfigError, TrackingConfig, load_recipe
 from pipeline.data import load_split
 from pipeline.durable import atomic_write_text
-from pipeline.config import ConfigError, TrackingConfig, load_recipe
 
 log = logging.getLogger(__name__)
 BACKENDS = ("tensorboard", "wandb", "none")

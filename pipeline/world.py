@@ -100,7 +100,8 @@ def generate(n: int, cfg: WorldConfig, seed: int) -> list[dict]:
                  "number": str(number), "event": kw_event}
         vp = vp_tpl.format(n=number)
         lead_idx = 0 if rng.random() >= cfg.paraphrase else rng.randrange(1, len(_LEADS))
-        lead = _fill(_LEADS[lead_idx], vp=vp, day=rng.choice(_DAYS), **{k: facts[k] for k in ("person", "role", "place")})
+        lead = _fill(_LEADS[lead_idx], vp=vp, day=rng.choice(_DAYS),
+                     **{k: facts[k] for k in ("person", "role", "place")})
         body = []
         for _ in range(cfg.n_distractors):
             o_event, o_vp, (olo, ohi) = rng.choice(_EVENTS)

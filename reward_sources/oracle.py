@@ -22,7 +22,8 @@ from pipeline.world import fact_hits, invented, invented_entities, stated_distra
 
 PERSONAS = {
     "default": dict(person=1.0, place=1.0, number=1.0, event=0.5, role=0.5, invented=1.0, length=0.1, max_words=20),
-    "facts_first": dict(person=1.5, place=1.0, number=1.5, event=0.5, role=0.25, invented=0.5, length=0.02, max_words=30),
+    "facts_first": dict(person=1.5, place=1.0, number=1.5, event=0.5, role=0.25, invented=0.5, length=0.02,
+                        max_words=30),
     "concise": dict(person=1.0, place=0.5, number=1.0, event=0.5, role=0.0, invented=1.0, length=0.3, max_words=10),
     "cautious": dict(person=0.75, place=0.75, number=0.75, event=0.5, role=0.5, invented=2.5, length=0.1, max_words=20),
     # max_words here is the slack over the reference summary's length (length_relative).

@@ -81,7 +81,8 @@ def check_no_secrets(where: str, params) -> None:
     for key, value in params.items():
         low = str(key).lower()
         if SECRET_OPTION.search(low) and not low.endswith("_env"):
-            hint = ("set api_key_env to the variable's name" if "key" in low or low in ("authorization", "bearer", "headers")
+            hint = ("set api_key_env to the variable's name"
+                    if "key" in low or low in ("authorization", "bearer", "headers")
                     else "pass the variable's name instead (an option ending in _env)")
             raise RegistryError(f"{where}.{key}: a literal secret in a recipe is refused (recipes are saved to the run "
                                 f"directory as config.yaml); put it in an environment variable and {hint}")

@@ -75,7 +75,8 @@ def tiny_run_recipe(header: str, name: str, **sections) -> str:
         "judge": {"name": "oracle"},
         "online": {"iterations": 2, "prompts_per_iteration": 8, "k": 3, "n_pool": 2, "replace_num": 1,
                    "max_new_tokens": 8, "gen_batch_size": 16, "epochs": 2, "batch_size": 4, "warmup": 0,
-                   "lr": 0.003, "sources": [{"name": "rouge"}], "selector": {"name": "ucb", "params": {"block_size": 2}}},
+                   "lr": 0.003, "sources": [{"name": "rouge"}],
+                   "selector": {"name": "ucb", "params": {"block_size": 2}}},
         "eval": {"n_prompts": 4, "seeds": [0], "max_new_tokens": 8},
     }
     for section, value in sections.items():

@@ -76,7 +76,8 @@ def test_python_tag_in_override_stays_a_plain_string(recipe_file, capsys):
 
 
 def test_recipe_file_does_not_exist(tmp_path, capsys):
-    assert cli(capsys, "run", str(tmp_path / "none.yaml")) == (2, f"error: recipe '{tmp_path / 'none.yaml'}' does not exist")
+    assert cli(capsys, "run", str(tmp_path / "none.yaml")) == (
+        2, f"error: recipe '{tmp_path / 'none.yaml'}' does not exist")
 
 
 def test_unknown_key_in_recipe_file_did_you_mean(tmp_path, capsys):
@@ -86,7 +87,8 @@ def test_unknown_key_in_recipe_file_did_you_mean(tmp_path, capsys):
 
 
 def test_unknown_override_key_did_you_mean(recipe_file, capsys):
-    assert cli(capsys, "run", str(recipe_file), "sft.stpes=3") == (2, "error: unknown key 'sft.stpes'; did you mean 'steps'?")
+    assert cli(capsys, "run", str(recipe_file), "sft.stpes=3") == (
+        2, "error: unknown key 'sft.stpes'; did you mean 'steps'?")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -135,7 +137,8 @@ def test_transfer_with_nothing_to_transfer_fails_before_any_stage_runs(recipe_fi
 
 
 def test_override_without_equals(recipe_file, capsys):
-    assert cli(capsys, "run", str(recipe_file), "online.beta") == (2, "error: override 'online.beta' must look like key.sub=value")
+    assert cli(capsys, "run", str(recipe_file), "online.beta") == (
+        2, "error: override 'online.beta' must look like key.sub=value")
 
 
 def test_unknown_stage(recipe_file, tmp_path, capsys):
@@ -188,13 +191,15 @@ def test_empty_duplicate_and_overlong_rows_are_counted_skips(tmp_path, capsys, c
 
 def test_non_utf8_line_is_a_one_line_error(tmp_path, capsys):
     p = tmp_path / "d.jsonl"
-    p.write_bytes(b'{"id": "1", "document": "a b", "summary": "s"}\n{"id": "2", "document": "caf\xe9", "summary": "s"}\n')
+    p.write_bytes(b'{"id": "1", "document": "a b", "summary": "s"}\n'
+                  b'{"id": "2", "document": "caf\xe9", "summary": "s"}\n')
     assert cli(capsys, "run", _recipe(tmp_path), "data.source=local", f"data.path={p}", "--stage", "data") == (
         2, f"error: data file '{p}' line 2 is not valid UTF-8 (byte 0xe9 at column 29); re-save the file as UTF-8")
 
 
 def test_hub_dataset_while_offline(tmp_path, capsys):
-    assert cli(capsys, "run", _recipe(tmp_path), "data.source=hub", "data.path=EdinburghNLP/xsum", "--stage", "data") == (
+    assert cli(capsys, "run", _recipe(tmp_path), "data.source=hub", "data.path=EdinburghNLP/xsum",
+               "--stage", "data") == (
         2, "error: hub dataset 'EdinburghNLP/xsum' requested while offline (HF_HUB_OFFLINE=1); offline alternatives: "
            "data.source=synthetic, or data.source=local data.path=<file.jsonl>")
 
@@ -243,7 +248,8 @@ def test_trust_remote_code_refused_unless_enabled(tmp_path):
     from pipeline.runner import build_judge
 
     d, marker = _remote_code_dir(tmp_path)
-    recipe = load_recipe(None, [f"run_dir={tmp_path / 'run'}", "judge.name=reward_model", f"judge.params={{model: {d}}}"])
+    recipe = load_recipe(None, [f"run_dir={tmp_path / 'run'}", "judge.name=reward_model",
+                                f"judge.params={{model: {d}}}"])
     with pytest.raises(ConfigError) as e:
         build_judge(recipe)
     assert str(e.value) == (f"judge 'reward_model': reward_model: '{d}' ships its own Python code (auto_map in "

@@ -48,14 +48,16 @@ def test_yaml_errors(tmp_path):
 def test_every_field_has_help():
     lines = describe(Recipe)
     assert len(lines) > 50
-    assert all(": " in l and not l.split(": ", 1)[1].startswith("(default") for l in lines)
+    assert all(": " in line and not line.split(": ", 1)[1].startswith("(default") for line in lines)
 
 
 def test_recipe_base_chain_merges_mappings_and_replaces_lists(tmp_path):
-    (tmp_path / "a.yaml").write_text("name: a\nonline: {k: 2, n_pool: 16, sources: [{name: rouge}, {name: bertscore}]}\n"
+    (tmp_path / "a.yaml").write_text("name: a\n"
+                                     "online: {k: 2, n_pool: 16, sources: [{name: rouge}, {name: bertscore}]}\n"
                                      "sft: {steps: 7}\n")
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nname: b\nonline: {n_pool: 8, sources: [{name: rouge}]}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nname: b\n"
+                                             "online: {n_pool: 8, sources: [{name: rouge}]}\n")
     r = load_recipe(tmp_path / "sub" / "b.yaml", ["online.k=3"])
     assert (r.name, r.online.k, r.online.n_pool, r.sft.steps) == ("b", 3, 8, 7)
     assert r.online.sources == [{"name": "rouge"}]

@@ -5,10 +5,10 @@ import pytest
 from conftest import tiny_run_recipe
 
 from eval.examples import main
-from pipeline.table import make_table, run_dir
 from pipeline.config import load_recipe
 from pipeline.data import load_split
 from pipeline.runner import build_judge
+from pipeline.table import make_table, run_dir
 
 TWO = ("table.methods=[{label: tpo, selector: {name: ucb, params: {block_size: 2}}}, "
        "{label: no_transfer, selector: {name: none}}]")

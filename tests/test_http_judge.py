@@ -124,7 +124,8 @@ ROWS = [{"id": "p1", "document": "The council met."}, {"id": "p2", "document": "
 def test_answers_in_both_orders_with_the_key_in_the_header(server):
     j = judge(server)
     # p1: a longer -> A in both orders -> 1.0; p2: b longer -> 0.0; p3: equal length -> "A" both times -> tie
-    assert j.compare(ROWS, ["one two three", "one", "one two"], ["one", "one two three", "three four"]) == [1.0, 0.0, 0.5]
+    assert j.compare(ROWS, ["one two three", "one", "one two"],
+                     ["one", "one two three", "three four"]) == [1.0, 0.0, 0.5]
     assert len(server.requests) == 6 and {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
     p1 = [r["body"]["messages"][0]["content"] for r in server.requests if "The council met." in str(r["body"])]
     assert sorted(re.search(r"Summary A: (.*)\nSummary B: (.*)\n", p).groups() for p in p1) == [

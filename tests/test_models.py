@@ -157,7 +157,8 @@ def test_one_line_errors(tmp_path, world_tokenizer_dir):
         assert "\n" not in str(e.value)
         return str(e.value)
 
-    assert "known shapes: t5-tiny, t5-micro, t5-micro-l4, t5-mini, t5-small, t5-base, t5-large, llama-tiny" in err(name="shape:t5-huge")
+    assert ("known shapes: t5-tiny, t5-micro, t5-micro-l4, t5-mini, t5-small, t5-base, t5-large, llama-tiny"
+            in err(name="shape:t5-huge"))
     assert err(name="shape:t5-smal").endswith("did you mean 'shape:t5-small'?")
     (tmp_path / "empty").mkdir()
     assert err(name=str(tmp_path / "empty")) == f"model directory {tmp_path / 'empty'} has no config.json"

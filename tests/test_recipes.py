@@ -5,7 +5,8 @@ import pytest
 from pipeline.config import load_recipe
 
 # recipes/accelerate/ holds accelerate launch configs, not pipeline recipes (tests/test_bench.py reads them)
-RECIPES = sorted(p for p in Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml") if p.parent.name != "accelerate")
+RECIPES = sorted(p for p in Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml")
+                 if p.parent.name != "accelerate")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(p.parents[1])))

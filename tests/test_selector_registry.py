@@ -47,7 +47,8 @@ def toy_registered(tmp_path, monkeypatch):
 
 
 def test_a_toy_selector_is_one_file_and_one_line(toy_registered, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['evry'\] for selector 'alternate'.*did you mean 'every'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown option\(s\) \['evry'\] for selector 'alternate'.*did you mean 'every'"):
         registry.check_selector("alternate", {"evry": 2})
     with pytest.raises(ValueError, match=r"'online.selector.params.every' must be >= 1, got 0"):
         registry.check_selector("alternate", {"every": 0})

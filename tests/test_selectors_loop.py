@@ -93,7 +93,8 @@ def test_relevance_pilot_estimates_nu_then_transfers_from_the_composite(tiny, tm
     pool = [[r["summary"], r["summary"] + " Zorbo Quix said.", "Nothing happened."] for r in rows]
     got = sel.pool_scores(COMPOSITE, ScoreCache(tiny["scorers"]), rows, pool)
     want = sum(nu[m] * (np.array(tiny["scorers"][m]([r["document"] for r in rows for _ in range(3)],
-                                                     [y for ys in pool for y in ys], [r["summary"] for r in rows for _ in range(3)]))
+                                                     [y for ys in pool for y in ys],
+                                                     [r["summary"] for r in rows for _ in range(3)]))
                         - sel.fit["mean"][m]) / sel.fit["sd"][m] for m in nu)
     assert np.allclose(np.ravel(got), want)
     round_trip(sel, "relevance", params, list(tiny["scorers"]))
@@ -191,7 +192,8 @@ def test_dual_active_in_the_loop_keeps_the_label_budget(tiny, tmp_path):
     assert m["labels_this_iteration"] == sum(info["queries"].values()) == store.count()
     assert sum(n > 0 for n in info["queries"].values()) == 3 and set(info["beta"]) == {"expert", "default", "novice"}
     judges = {j for (j,) in store.db.execute("SELECT DISTINCT judge FROM labels")}
-    assert judges == {f"oracle[default,{t},t={T:g}]|pair" for t, T in (("expert", 0.1), ("default", 0.5), ("novice", 2.0))}
+    assert judges == {f"oracle[default,{t},t={T:g}]|pair"
+                      for t, T in (("expert", 0.1), ("default", 0.5), ("novice", 2.0))}
     assert m["pairs"] > 0 and res["arms"][0]["arm"] == SELF
     round_trip(sel, "dual_active", params, list(tiny["scorers"]))
 
@@ -209,7 +211,8 @@ def test_lowrank_asks_a_persona_population_and_scores_by_prs(tiny, tmp_path):
     # Scores are the PRS lower bounds of the rank-2 factorised fit under the target mix of contexts.
     last = sel.last
     assert np.linalg.matrix_rank(last["model"].Theta, tol=1e-8) == 2
-    assert np.allclose(last["x_target"], [0.0, 0.25, 0.0, 0.75, 0.0])  # cautious, concise, coverage, default, facts_first
+    # cautious, concise, coverage, default, facts_first
+    assert np.allclose(last["x_target"], [0.0, 0.25, 0.0, 0.75, 0.0])
     for p in range(3):
         assert np.allclose(last["scores"][p], last["model"].lcb(last["x_target"], last["phi"][p], 1.0))
     assert m["pairs"] > 0

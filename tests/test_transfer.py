@@ -101,7 +101,8 @@ def test_selection_stages_are_selectors(name):
 def test_selection_stage_option_errors():
     with pytest.raises(ValueError, match="unknown selector 'dual_activ'.*Did you mean 'dual_active'"):
         build_selector("dual_activ", {}, ["rouge"], 0)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['budgt'\] for selector 'lowrank'.*did you mean 'budget'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown option\(s\) \['budgt'\] for selector 'lowrank'.*did you mean 'budget'"):
         build_selector("lowrank", {"budgt": 4}, ["rouge"], 0)
     bad = [("lowrank", {"population": {"grumpy": 1}}, "unknown persona"),
            ("lowrank", {"target": {"default": -1}}, "weights must be >= 0"),

@@ -59,7 +59,8 @@ def test_oracle_registry_options():
 
 def _coverage_row():
     doc = ("Mayor Kalo Ten has cut 40 jobs in Marton, officials said.\n"
-           "Separately, Rosa Dun, another mayor, cut 75 jobs in Belford.\nTisra Bel said the figure of 12 was not final.")
+           "Separately, Rosa Dun, another mayor, cut 75 jobs in Belford.\n"
+           "Tisra Bel said the figure of 12 was not final.")
     facts = {"person": "Kalo Ten", "role": "mayor", "place": "Marton", "number": "40", "event": "jobs"}
     facts["distractors"] = world.distractors(doc, facts, ["Kalo Ten", "Rosa Dun", "Tisra Bel", "Voro Lin"],
                                              ["Marton", "Belford", "Tonbury"])
@@ -96,7 +97,8 @@ def test_rival_sentences_share_the_facts_role_and_event():
     # without rivals the world is the one earlier runs used: the same articles, byte for byte (digest of the
     # documents that the generator wrote before rivals existed)
     old = "\n\n".join(r["document"] for r in world.generate(40, WorldConfig(rivals=0), seed=1))
-    assert hashlib.sha256(old.encode()).hexdigest() == "36cbcc84b62cca25ba5b33b1ca7799bfd906abdccd643364d907fd999feffe54"
+    assert (hashlib.sha256(old.encode()).hexdigest()
+            == "36cbcc84b62cca25ba5b33b1ca7799bfd906abdccd643364d907fd999feffe54")
     for r in rows:
         f = r["facts"]
         hits = [world.fact_hits(f, s) for s in r["document"].split("\n")]

@@ -42,8 +42,9 @@ class Fixed(Selector):
 class UCBOptions:
     c: float = f(1.0, ge=0, help="exploration bonus: V(a) = mean win of a + c / sqrt(prompts given to a)")
     block_size: int = f(200, ge=1, help="prompts per block; the arm is chosen once per block (the paper: 200)")
-    self_win: float | None = f(None, ge=0, le=1, help="the self arm's constant win (None = online.replace_num / online.k + 0.05; "
-                                     "the paper's 0.55 is 4 of 8)")
+    self_win: float | None = f(None, ge=0, le=1,
+                               help="the self arm's constant win (None = online.replace_num / online.k + 0.05; "
+                                    "the paper's 0.55 is 4 of 8)")
     carry: bool = f(False, "keep the win statistics across iterations (the paper resets them every iteration)")
 
 

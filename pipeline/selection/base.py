@@ -107,7 +107,8 @@ class Selector:
 
 
 def seeded_rng(seed: int, t: int, what: str) -> np.random.Generator:
-    """A generator that depends on (seed, iteration, what) only, so a resumed run draws what an uninterrupted one does."""
+    """A generator that depends on (seed, iteration, what) only, so a resumed run draws what an uninterrupted one
+    does."""
     digest = hashlib.sha256(f"{seed}\x1f{t}\x1f{what}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 

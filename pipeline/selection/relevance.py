@@ -270,8 +270,10 @@ def run_suite(seeds: list[int], quick: bool = False) -> dict:
     for c in comparisons:
         c["pass"] = bool(c["value"] < c["baseline"])
     return dict(suite="relevance", title="Source relevance (Chen & Wang)",
-                setup=f"d={d}, k={k}, M={M} sources, 2-sparse planted ν, pilot n per task (sources and target) = {sizes}",
-                metrics=dict(pilot_sizes=sizes, planted_nu_is_l1_minimal=identifiable, nu_l1_error=nu_m.tolist(), nu_l1_error_sd=nu_err.std(0).tolist(),
+                setup=f"d={d}, k={k}, M={M} sources, 2-sparse planted ν, "
+                      f"pilot n per task (sources and target) = {sizes}",
+                metrics=dict(pilot_sizes=sizes, planted_nu_is_l1_minimal=identifiable, nu_l1_error=nu_m.tolist(),
+                             nu_l1_error_sd=nu_err.std(0).tolist(),
                              subspace_error=sub_m.tolist(), subspace_error_sd=sub_err.std(0).tolist(),
                              nu_l1_error_per_seed=nu_err.tolist(), subspace_error_per_seed=sub_err.tolist()),
                 comparisons=comparisons, seconds=time.perf_counter() - t0)
@@ -291,4 +293,5 @@ def selection_cost(n_pairs: int = 10_000, d: int = 48, k: int = 4, M: int = 6, s
     fit.score_pairs(Z)
     split_budget(n_pairs, fit.allocation())
     return dict(method="relevance", select_seconds=time.perf_counter() - t0, fit_seconds=t_fit,
-                what=f"composite P(y1≻y0) for {n_pairs} pairs + budget split (d={d}); fit = pilot 300 pairs × {M + 1} tasks")
+                what=f"composite P(y1≻y0) for {n_pairs} pairs + budget split (d={d}); "
+                     f"fit = pilot 300 pairs × {M + 1} tasks")

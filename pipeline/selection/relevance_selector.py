@@ -28,7 +28,8 @@ COMPOSITE = "composite"
 
 @dataclass
 class RelevanceOptions:
-    block_size: int = f(16, ge=1, help="prompts per block; the pilot is the first pilot_blocks blocks of each iteration")
+    block_size: int = f(16, ge=1,
+                        help="prompts per block; the pilot is the first pilot_blocks blocks of each iteration")
     pilot_blocks: int = f(1, ge=1, help="blocks of each iteration spent on the pilot (self arm, every source scores)")
     rank: int | None = f(None, ge=1, help="rank of the shared source representation (None = min(sources, 3))")
     dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
@@ -38,8 +39,10 @@ class RelevanceOptions:
     repilot: bool = f(True, "refit relevance every iteration (false: keep the first iteration's fit)")
     bandit: bool = f(False, "UCB over the sources and the composite instead of the composite alone")
     c: float = f(1.0, ge=0, help="the bandit's exploration bonus (bandit: true)")
-    self_win: float | None = f(None, ge=0, le=1, help="the bandit's self-arm win (None = online.replace_num / online.k + 0.05)")
-    lam_scale: float = f(0.5, gt=0, help="Lasso penalty λ = lam_scale·sqrt(rank / judge pairs) (inferred: the noise of ŵ_T)")
+    self_win: float | None = f(None, ge=0, le=1,
+                               help="the bandit's self-arm win (None = online.replace_num / online.k + 0.05)")
+    lam_scale: float = f(0.5, gt=0,
+                         help="Lasso penalty λ = lam_scale·sqrt(rank / judge pairs) (inferred: the noise of ŵ_T)")
     max_pairs: int = f(2000, ge=1, help="most source pairs per source used to fit the representation")
     encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
 

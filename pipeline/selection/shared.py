@@ -146,7 +146,8 @@ def evaluate(model: SharedRewardModel, t: int, data: TaskData) -> float:
 
 
 def transfer(source: SharedRewardModel, data: TaskData, frozen_steps: int = 300, unfrozen_steps: int = 200,
-             lr: float = 3e-3, unfrozen_lr: float = 5e-4, seed: int = 0) -> tuple[SharedRewardModel, int, SharedRewardModel]:
+             lr: float = 3e-3, unfrozen_lr: float = 5e-4,
+             seed: int = 0) -> tuple[SharedRewardModel, int, SharedRewardModel]:
     """New task on a copy of `source`'s trunk: train adapter + head with the trunk frozen, then all of it.
     Returns (model after the frozen phase, task index, model after the unfrozen phase)."""
     torch.manual_seed(seed)
@@ -181,7 +182,8 @@ class World:
 
     @classmethod
     def make(cls, rng, d: int = 16, k: int = 4, width: int = 16) -> "World":
-        return cls(rng.standard_normal((width, d)) * 1.5 / np.sqrt(d), rng.standard_normal((k, width)) * 1.5 / np.sqrt(width))
+        return cls(rng.standard_normal((width, d)) * 1.5 / np.sqrt(d),
+                   rng.standard_normal((k, width)) * 1.5 / np.sqrt(width))
 
     def rep(self, X):
         return np.tanh(np.tanh(X @ self.A1.T) @ self.A2.T)
@@ -262,8 +264,9 @@ def run_suite(seeds: list[int], quick: bool = False, n_per_task: int = 200, n_tr
     comparisons.append(dict(name="judge BT test loss at best step, 8 tasks", value=JB[8], baseline=JB[1],
                             baseline_name="1 task at best step (strict)", better="lower", tol=0.0))
     for key, label in (("frozen", "transfer, trunk frozen"), ("unfrozen", "transfer, frozen then unfrozen")):
-        comparisons.append(dict(name=f"held-out judge BT test loss, {label} ({n_transfer} pairs)", value=TR[key],
-                                baseline=TR["scratch"], baseline_name="scratch, same schedule", better="lower", tol=0.0))
+        comparisons.append(dict(name=f"held-out judge BT test loss, {label} ({n_transfer} pairs)",
+                                value=TR[key], baseline=TR["scratch"], baseline_name="scratch, same schedule",
+                                better="lower", tol=0.0))
     comparisons.append(dict(name=f"held-out judge BT test loss, transfer, trunk frozen ({n_transfer} pairs)",
                             value=TR["frozen"], baseline=TR["scratch_best"],
                             baseline_name="scratch, best step on the test set (generous)", better="lower", tol=0.0))
@@ -271,7 +274,8 @@ def run_suite(seeds: list[int], quick: bool = False, n_per_task: int = 200, n_tr
         c["pass"] = bool(c["value"] <= c["baseline"] + c["tol"]) if c["tol"] else bool(c["value"] < c["baseline"])
     return dict(suite="shared", title="Shared representation reward model (D'Eramo et al.)",
                 setup=f"d=16, g(x)=tanh(A2 tanh(A1 x)) ∈ R^4; tasks: judge (BT) + 7 regression heads; "
-                      f"{n_per_task} examples per task, {steps} steps (same for every configuration), minibatch 32 per task; "
+                      f"{n_per_task} examples per task, {steps} steps (same for every configuration), "
+                      "minibatch 32 per task; "
                       f"'best step' = min over steps 25, 50, … of the test loss (early stopping on the test set); "
                       f"held-out BT head with {n_transfer} pairs",
                 metrics=dict(judge_loss=J, judge_loss_best_step=JB, source1_mse=S1, transfer=TR,
