@@ -17,6 +17,7 @@ import torch
 from pipeline import world
 from pipeline.config import ModelConfig, WorldConfig
 from pipeline.models import Policy, load_policy, train_world_tokenizer
+from reward_sources.contracts import knows_utility
 
 # ---------------------------------------------------------------------- the offline world
 
@@ -77,7 +78,7 @@ class TimedJudge:
     def __init__(self, judge, tally: Tally):
         self.judge, self.tally = judge, tally
         self.kind, self.name = judge.kind, judge.name
-        if hasattr(judge, "utility"):
+        if knows_utility(judge):
             self.utility = judge.utility
 
     def score(self, rows, responses, seed=0):

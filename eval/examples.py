@@ -20,6 +20,7 @@ from pipeline.config import ConfigError, load_recipe
 from pipeline.models import load_policy
 from pipeline.runner import build_judge, configure_threads, policy_config
 from pipeline.table import all_methods, run_dir
+from reward_sources.contracts import knows_utility
 
 
 def checkpoints(recipe) -> list[tuple[str, Path]]:
@@ -87,7 +88,7 @@ def write_examples(run: Path, articles: int, samples: int) -> None:
                                 recipe.table.seeds[0])
              for label, path in checkpoints(recipe)}
     utils = ({label: [judge.utility([r] * len(ys), ys) for r, ys in zip(rows, samples)]
-              for label, samples in drawn.items()} if hasattr(judge, "utility") else None)
+              for label, samples in drawn.items()} if knows_utility(judge) else None)
     md = render(recipe, rows, drawn, utils, judge.name)
     (run / "table").mkdir(parents=True, exist_ok=True)
     (run / "table" / "examples.md").write_text(md)

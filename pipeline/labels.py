@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.durable import StateError
+from reward_sources.contracts import is_shardable
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class LabelStore:
 
     def scalar(self, judge, rows: list[dict], responses: list[str], iteration, seed: int = 0) -> list[float | None]:
         def ask(r, a, _b):
-            if not getattr(judge, "shardable", False):
+            if not is_shardable(judge):
                 return judge.score(r, a, seed=seed)
             # inside online's on_main(serve=...) the other processes answer their share; elsewhere this one
             answers, done = distributed.parallel_map("judge", judge_handler(judge), list(zip(r, a, [seed] * len(a))))

@@ -35,6 +35,7 @@ from pipeline.selection.base import SELF, LabelContext
 from pipeline.selection.registry import build_selector
 from pipeline.sft import lr_lambda
 from pipeline.transfer import ScoreCache, transfer
+from reward_sources.contracts import is_shardable, knows_utility
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     # judge, label store and selector: the main process only, the others scoring their share of what it asks;
     # every process gets the pairs
     cache = ScoreCache(scorers)
-    serve = cache.handlers() | ({"judge": judge_handler(judge)} if getattr(judge, "shardable", False) else {})
+    serve = cache.handlers() | ({"judge": judge_handler(judge)} if is_shardable(judge) else {})
     responses, scores, arm_rows, judge_stats, pairs, dropped = distributed.on_main(
         _label, t, rows, samples, judge, store, cache, selector, cfg, rng, timings, serve=serve)
     t2 = time.time()
@@ -250,7 +251,7 @@ def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
 def _result(t, rows, responses, scores, arm_rows, judge_stats, pairs, dropped, upd, timings, judge, store,
             selector, cfg, n_pool) -> dict:
     # Noiseless quality of an untransferred sample (the oracle knows it; other judges do not).
-    utilities = judge.utility(rows, [ys[-1] for ys in responses]) if hasattr(judge, "utility") else []
+    utilities = judge.utility(rows, [ys[-1] for ys in responses]) if knows_utility(judge) else []
     metrics = {"iteration": t, "prompts": len(rows), "pairs": len(pairs), "tied_prompts_dropped": dropped,
                "labels_spent_total": store.count(), "labels_asked_this_process": store.asked,
                "labels_this_iteration": judge_stats["labels"],

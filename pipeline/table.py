@@ -57,6 +57,7 @@ from pipeline.runner import (
     seed_everything,
     setup_logging,
 )
+from reward_sources.contracts import knows_utility
 
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds", "ci_over",
                 "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
@@ -422,7 +423,7 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     if jobs > 1:  # the workers build their own; the parent's would only hold (GPU) memory meanwhile
         judge = scorers = None
     eval_judge = build_judge(recipe, recipe.eval.judge)
-    exact = hasattr(eval_judge, "utility")  # the synthetic world's oracle knows each summary's utility
+    exact = knows_utility(eval_judge)  # the synthetic world's oracle knows each summary's utility
     if exact and tc.baseline not in [m for m, _ in methods(recipe)]:
         raise ConfigError(f"table.baseline '{tc.baseline}' is not a method of the table: the exact-utility headline "
                           f"pairs every method with it ({', '.join(m for m, _ in methods(recipe))})")

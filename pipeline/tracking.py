@@ -30,6 +30,7 @@ from pipeline import distributed
 from pipeline.config import ConfigError, TrackingConfig, load_recipe
 from pipeline.data import load_split
 from pipeline.durable import atomic_write_text
+from reward_sources.contracts import knows_utility
 
 log = logging.getLogger(__name__)
 BACKENDS = ("tensorboard", "wandb", "none")
@@ -169,7 +170,7 @@ class Tracker:
             del sft
         columns = {"reference": [r["summary"] for r in rows], "SFT": self._sft_samples,
                    f"iteration {t}": _draw(policy, rows, cfg)}
-        utility = {k: judge.utility(rows, ys) for k, ys in columns.items()} if hasattr(judge, "utility") else None
+        utility = {k: judge.utility(rows, ys) for k, ys in columns.items()} if knows_utility(judge) else None
         md = _table(t, rows, columns, utility, cfg)
         atomic_write_text(it_dir / "samples.md", md)
         if self._writer is not None:

@@ -3,12 +3,10 @@
 Entries are `module:attribute` strings imported on first use, so a recipe that never names BERTScore never
 imports it. Unknown names fail listing the known ones, with a did-you-mean.
 
-Contracts
-- source factory(spec: dict, ctx: Context) -> callable(documents, responses, references) -> list[float]
-- judge factory(params: dict, ctx: Context) -> object with `name`, `kind` and either
-  `score(rows, responses, seed) -> list[float]` (kind "scalar") or
-  `compare(rows, a, b, seed) -> list[float | None]` (kind "pairwise": 1 = a better, 0 = b, 0.5 = tie,
-  None = failure).
+Contracts (the protocols and declared capabilities are in reward_sources/contracts.py)
+- source factory(spec: dict, ctx: Context) -> a `Source`: callable(documents, responses, references) -> floats
+- judge factory(params: dict, ctx: Context) -> a `ScalarJudge` (score) or a `PairwiseJudge` (compare: 1 = a
+  better, 0 = b, 0.5 = tie, None = failure), optionally declaring `utility(...)` and `shardable = True`.
 - no secrets in options: a literal api_key / token / password is refused (check_no_secrets); options ending in
   `_env` name the environment variable that holds one.
 """
