@@ -61,6 +61,14 @@ def make_policy(world_tokenizer_dir):
     return make
 
 
+# The tiny recipe of in-process tests, as overrides on the defaults (a test adds or overrides keys after it; the
+# last value of a key wins): synthetic world, shape:t5-tiny, 3 SFT steps, one online iteration of 6 prompts.
+TINY_OVERRIDES = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny",
+                  "sft.steps=3", "sft.batch_size=8", "sft.eval_examples=0", "online.iterations=1",
+                  "online.prompts_per_iteration=6", "online.k=3", "online.max_new_tokens=8", "online.epochs=1",
+                  "online.batch_size=4"]
+
+
 def tiny_run_recipe(header: str, name: str, **sections) -> str:
     """YAML of the tiny end-to-end run that subprocess tests launch (synthetic world, shape:t5-tiny, 3 SFT steps,
     2 online iterations of 8 prompts with a rouge arm under UCB, eval on a few prompts): a few seconds of

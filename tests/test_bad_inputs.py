@@ -20,6 +20,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import TINY_OVERRIDES
 
 from pipeline import world
 from pipeline.__main__ import main
@@ -29,9 +30,7 @@ from pipeline.models import ModelError, load_policy
 from pipeline.online import make_pairs, reference_logprobs, update
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",
-        "sft.batch_size=8", "sft.eval_examples=0", "online.iterations=1", "online.prompts_per_iteration=6",
-        "online.k=3", "online.max_new_tokens=8", "online.epochs=1", "online.batch_size=4"]
+TINY = TINY_OVERRIDES
 
 
 

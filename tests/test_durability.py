@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_OVERRIDES
 from transformers import T5ForConditionalGeneration
 
 import pipeline.durable
@@ -26,9 +27,7 @@ from pipeline.config import ModelConfig
 from pipeline.durable import atomic_write_text
 from pipeline.models import load_policy
 
-TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",
-        "sft.batch_size=8", "sft.eval_examples=0", "online.iterations=1", "online.prompts_per_iteration=6",
-        "online.k=3", "online.max_new_tokens=8", "online.epochs=1", "online.batch_size=4"]
+TINY = TINY_OVERRIDES
 
 
 def _enospc(filename) -> OSError:

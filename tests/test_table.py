@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY_OVERRIDES
 
 from eval.paired import paired_interval
 from pipeline.cli import RunFailed
@@ -79,10 +80,8 @@ def test_tiny_table_end_to_end(tmp_path):
     assert (out / "paired.md").read_text() == md
 
 
-TINY = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", "policy.name=shape:t5-tiny", "sft.steps=3",
-        "sft.batch_size=8", "sft.eval_examples=0", "online.sources=[{name: rouge}]", "online.n_pool=3", "online.k=3",
-        "online.replace_num=1", "online.iterations=1", "online.prompts_per_iteration=6", "online.max_new_tokens=6",
-        "online.epochs=1", "online.batch_size=4", "eval.max_new_tokens=6", "table.seeds=[0]", "table.n_prompts=6",
+TINY = [*TINY_OVERRIDES, "online.sources=[{name: rouge}]", "online.n_pool=3", "online.replace_num=1",
+        "online.max_new_tokens=6", "eval.max_new_tokens=6", "table.seeds=[0]", "table.n_prompts=6",
         "table.utility_prompts=6", "table.utility_samples=2"]
 STAGES = ("table.methods=[{label: no_transfer, selector: {name: none}}, "
           "{label: dual, selector: {name: dual_active, params: {dim: 4, batch: 4}}}, "
