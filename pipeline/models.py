@@ -5,6 +5,9 @@ tokenisation and the response convention (response tokens + EOS) live in exactly
 
 Model sources (`ModelConfig.name`): a local directory, a `*.gguf` file or `gguf:smollm2` (dequantised once and
 cached as safetensors), `shape:<name>` (random weights built from a config, no files needed), or a hub name.
+
+The longest module (~640 lines) on purpose: the one class every stage and source goes through, with the
+packed log-prob paths (seq2seq and causal) and keyed sampling whose equality to the plain paths the tests check.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ same command resumes. The resolved config is saved at the first run; a changed r
 depend on (stages.json): with --force, a stage whose keys changed is redone, and so is every stage after it,
 instead of its old outputs being reused. Finished checkpoints carry a checksum manifest checked before they are
 used again, and one run at a time holds the run directory (a lock file).
+
+Longer than most modules (~450 lines): the stage sequence and the resume rules (fingerprints, manifests, lock)
+that decide whether each stage may be skipped are kept together, so one file says when work is redone.
 """
 from __future__ import annotations
 

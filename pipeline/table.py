@@ -24,6 +24,10 @@ comparison is read at equal label budget, and table.md ends with each method's m
 Writes runs/<name>/table/: paired.csv, paired.md, paired.png (exact-utility judges), table.csv, table.md,
 winrate.png, arms_iter<t>.png (arms_<method>_iter<t>.png with versus), and per run
 runs/<name>/methods/<method>/seed<s>/ (checkpoints, labels.sqlite, arms.csv, cached test samples).
+
+Longer than most modules (~490 lines): the experiment driver, from training every (method, seed) run in worker
+processes to sampling each checkpoint once and writing both tables. Data, SFT and sources come from the
+runner; each (method, seed) run resumes through the online stage's own per-iteration DONE markers.
 """
 from __future__ import annotations
 
