@@ -20,6 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.paired import expected_win_rate
+from eval.world_report import FACTS, fact_table
+from pipeline import data as data_stage
+from pipeline.config import load_recipe
+from pipeline.models import load_policy
+from pipeline.runner import configure_threads, policy_config
+from pipeline.world import words
+from reward_sources.oracle import PERSONAS, utility
+
 
 def draw(policy, rows: list[dict], samples: int, *, temperature: float = 1.0, max_new_tokens: int = 40,
          batch_size: int = 64, seed: int = 777) -> list[list[str]]:
@@ -30,16 +39,11 @@ def draw(policy, rows: list[dict], samples: int, *, temperature: float = 1.0, ma
 
 def utilities(rows: list[dict], drawn: list[list[str]], weights: dict) -> np.ndarray:
     """(prompts, samples) oracle utilities of the drawn responses."""
-    from reward_sources.oracle import utility
-
     return np.array([[utility(r, y, weights) for y in ys] for r, ys in zip(rows, drawn)])
 
 
 def behaviour(rows: list[dict], drawn: list[list[str]]) -> dict:
     """What a utility change is made of: planted facts stated, invented names/numbers and words per summary."""
-    from eval.world_report import fact_table
-    from pipeline.world import words
-
     flat_rows = [r for r, ys in zip(rows, drawn) for _ in ys]
     flat = [y for ys in drawn for y in ys]
     return fact_table(flat_rows, flat) | {"words_per_summary": float(np.mean([len(words(y)) for y in flat]))}
@@ -48,8 +52,6 @@ def behaviour(rows: list[dict], drawn: list[list[str]]) -> dict:
 def compare(u: dict[str, np.ndarray], bt_temperature: float = 0.5) -> list[dict]:
     """One row per checkpoint: mean utility ± 95% over prompts; against the first checkpoint, the paired
     differences and win rates (in %)."""
-    from eval.paired import expected_win_rate
-
     base_label, base = next(iter(u.items()))
     out = []
     for label, a in u.items():
@@ -85,13 +87,6 @@ def main(argv=None) -> int:
     p.add_argument("--persona", default="default", help="oracle persona whose utility is measured")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
-
-    from eval.world_report import FACTS
-    from pipeline import data as data_stage
-    from pipeline.config import load_recipe
-    from pipeline.models import load_policy
-    from pipeline.runner import configure_threads, policy_config
-    from reward_sources.oracle import PERSONAS
 
     run = Path(args.run)
     specs = [c.split("=", 1) for c in args.checkpoints]

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.durable import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A user mistake in a recipe or override: printed as one line by the CLI."""
@@ -411,8 +413,6 @@ def to_dict(recipe: Recipe) -> dict:
 
 def save_resolved(recipe: Recipe, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.durable import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 

@@ -29,11 +29,19 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 
+from eval import winrate
 from pipeline import data as data_stage
 from pipeline import distributed
 from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
 from pipeline.durable import MANIFEST, StateError, atomic_write_text, crash_point, verify_manifest, write_manifest
 from pipeline.labels import LabelStore
+from pipeline.models import load_policy, train_world_tokenizer
+from pipeline.online import run_online, validate
+from pipeline.sft import run_sft
+from pipeline.transfer import arm_names
+from reward_sources import Context, build_source
+from reward_sources import build_judge as build_registry_judge
+from reward_sources.registry import check_no_secrets
 
 log = logging.getLogger("pipeline")
 STAGES = ("data", "sft", "sources", "online", "eval")
@@ -116,8 +124,6 @@ def _record(out: Path, stage: str, recipe: Recipe) -> None:
 
 
 def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
-    from reward_sources.registry import check_no_secrets
-
     new = to_dict(recipe)
     try:  # the CLI checked the components; this covers every other caller, before config.yaml is written
         check_no_secrets("recipe", new)
@@ -182,8 +188,6 @@ def policy_config(recipe: Recipe, name: str | Path | None = None):
 
 def tokenizer_dir(recipe: Recipe, model=None) -> Path | None:
     """From-scratch models get a tokenizer trained on the run's own training corpus (one per run, shared)."""
-    from pipeline.models import train_world_tokenizer
-
     model = model or recipe.policy
     if model.tokenizer not in ("auto", "world") or not model.name.startswith("shape:"):
         return None
@@ -209,9 +213,6 @@ def stage_data(recipe: Recipe) -> None:
 def stage_sources(recipe: Recipe) -> None:
     """Larger models the recipe trains itself for loglik sources (the offline world's T5-base / T5-large),
     each with its own SFT, after the policy's (so `--stage sft` stays the policy alone)."""
-    from pipeline.models import load_policy
-    from pipeline.sft import run_sft
-
     for sm in recipe.source_models:
         d = recipe.out / "sources" / sm.label
         if _done(d):
@@ -243,9 +244,6 @@ def resolve_model_refs(recipe: Recipe, spec: dict) -> dict:
 
 
 def stage_sft(recipe: Recipe) -> None:
-    from pipeline.models import load_policy
-    from pipeline.sft import run_sft
-
     d = recipe.out / "sft"
     if _done(d):
         return
@@ -272,20 +270,14 @@ def stage_sft(recipe: Recipe) -> None:
 
 
 def build_judge(recipe: Recipe, judge_cfg=None):
-    from reward_sources import Context
-    from reward_sources import build_judge as _build
-
     j = judge_cfg or recipe.judge
     try:
-        return _build(j.name, j.params, Context(run_dir=recipe.out))
+        return build_registry_judge(j.name, j.params, Context(run_dir=recipe.out))
     except ValueError as e:
         raise ConfigError(f"judge '{j.name}': {e}") from None
 
 
 def build_scorers(recipe: Recipe) -> dict:
-    from pipeline.transfer import arm_names
-    from reward_sources import Context, build_source
-
     specs = recipe.online.sources
     try:
         names = arm_names(specs)
@@ -293,8 +285,6 @@ def build_scorers(recipe: Recipe) -> dict:
         raise ConfigError("each entry of online.sources needs a 'name', e.g. {name: rouge}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    from pipeline.online import validate
-
     try:
         validate(recipe.online, names)
     except ValueError as e:
@@ -311,8 +301,6 @@ def build_scorers(recipe: Recipe) -> dict:
 
 
 def stage_online(recipe: Recipe) -> None:
-    from pipeline.online import run_online
-
     d = recipe.out / "online"
     # Done only if every iteration asked for is: raising online.iterations (with --force) continues the run.
     if _done(d) and all(_done(d / f"iter_{t}") for t in range(1, recipe.online.iterations + 1)):
@@ -353,9 +341,6 @@ def _verify_inputs(recipe: Recipe) -> None:
 
 
 def stage_eval(recipe: Recipe) -> list[dict]:
-    from eval import winrate
-    from pipeline.models import load_policy
-
     d = recipe.out / "eval"
     if _done(d) and json.loads((d / "DONE").read_text() or "{}").get("iterations") == recipe.online.iterations:
         print((d / "winrates.md").read_text())

@@ -22,6 +22,7 @@ from pipeline import distributed, tracking
 from pipeline.config import SFTConfig
 from pipeline.durable import atomic_write_text
 from pipeline.models import Policy
+from reward_sources.rouge import build as build_rouge
 
 log = logging.getLogger(__name__)
 # More passes than this over the train split and a small policy starts to recite the references of the very
@@ -32,11 +33,9 @@ MEMORIZATION_EPOCHS = 3.0
 
 def rouge_lsum(preds: list[str], refs: list[str]) -> list[float]:
     """ROUGE-Lsum F1 per pair: the `rouge` source reward, so SFT metrics and transfer use one implementation."""
-    from reward_sources.rouge import build
-
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
-    return build({"name": "rouge"})([""] * len(preds), preds, refs)
+    return build_rouge({"name": "rouge"})([""] * len(preds), preds, refs)
 
 
 def lr_lambda(step: int, warmup: int, total: int) -> float:

@@ -26,10 +26,13 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 from pipeline import distributed
 from pipeline.config import ConfigError, TrackingConfig, load_recipe
 from pipeline.data import load_split
 from pipeline.durable import atomic_write_text
+from pipeline.models import load_policy
 from reward_sources.contracts import knows_utility
 
 log = logging.getLogger(__name__)
@@ -160,10 +163,6 @@ class Tracker:
         if not rows:
             return
         if self._sft_samples is None:
-            import torch
-
-            from pipeline.models import load_policy
-
             with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: training's RNG stays
                 sft = load_policy(start_cfg)
             self._sft_samples = _draw(sft, rows, cfg)

@@ -5,6 +5,10 @@ Each takes parallel lists (documents, responses, references) and returns one flo
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from pipeline import data as data_stage
+from reward_sources.oracle import PERSONAS, utility
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -39,11 +43,6 @@ def oracle_utility(documents, responses, references, data_dir: str, persona: str
     """DIAGNOSTIC, not a usable reward: the synthetic world's exact oracle utility, i.e. a perfectly relevant
     source. It cheats by looking each document's planted facts up in the run's data splits (`data_dir`, e.g.
     runs/<name>/data). Use it to bound what transfer can do (recipes/diagnostics/perfect_source.yaml)."""
-    from pathlib import Path
-
-    from pipeline import data as data_stage
-    from reward_sources.oracle import PERSONAS, utility
-
     if data_dir not in _ROWS:
         _ROWS[data_dir] = {r["document"]: r for split in ("train", "eval", "test")
                            for r in data_stage.load_split(Path(data_dir), split)}

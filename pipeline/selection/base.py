@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.labels import count_answers, label_responses
 from reward_sources import registry
+from reward_sources.bertscore import minilm_dir
 
 SELF = "self"
 FEATURE_KINDS = ("scores", "encoder", "both")
@@ -187,8 +188,6 @@ def _encoder(path: str):
 def encoder_path(encoder: str | None) -> str:
     if encoder:
         return encoder
-    from reward_sources.bertscore import minilm_dir
-
     return minilm_dir()
 
 
