@@ -5,7 +5,7 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint run sft table diagnose stages validate bench clean
+.PHONY: venv demo test test-slow lint run sft table diagnose stages validate judge bench clean
 
 venv: .venv/.ready
 .venv/.ready: pyproject.toml
@@ -57,7 +57,12 @@ stages: venv
 
 # --recipe (extra sources from a recipe) only when RECIPE is given on the command line.
 validate: venv
-	$(PY) -m eval.agreement $(JUDGMENTS) $(if $(filter command line,$(origin RECIPE)),--recipe $(RECIPE)) $(ARGS)
+	$(PY) -m eval.agreement $(JUDGMENTS) $(if $(filter command line,$(origin RECIPE)),--recipe $(RECIPE)) $(if $(SCORERS),--scorers $(SCORERS)) $(ARGS)
+
+# A judge learned from people: cross-fitted report, then the checkpoint -> runs/judge/<dataset>/{crossfit.md,model/}
+# Evaluate it on judgments it never saw: make validate JUDGMENTS=other.jsonl SCORERS=cheap,learned:DIR/model
+judge: venv
+	$(PY) -m eval.learned_judge train $(JUDGMENTS) $(ARGS)
 
 clean:
 	rm -rf runs

@@ -5,6 +5,9 @@ conversation [user: "Summarize: <document>", assistant: <summary>]; otherwise it
 (document, summary). Long documents are truncated, never the summary: the summary is what is scored.
 Output: the single logit (num_labels == 1), or logit[1] - logit[0] for a two-class "good/bad" head.
 
+A checkpoint trained by `eval.learned_judge` names its input format in config.json (`judge_input`); its
+(document, summary) pairs are then rebuilt as that format says (reward_sources/judge_input.py) before encoding.
+
 Remote code is refused unless `trust_remote_code: true` (a hub repo's Python runs on your machine).
 Padding is on the right, so a causal RM's position ids and its last-token pooling do not depend on the batch:
 batched and one-at-a-time scores agree (tested).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from reward_sources.judge_input import format_pairs
 from reward_sources.rouge import check_batch, check_spec
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,8 @@ class RewardModelScorer:
         limit = self.tok.model_max_length if self.tok.model_max_length < 100_000 else 1024
         self.max_length = int(spec.get("max_length", min(limit, 1024)))
         self.chat = bool(getattr(self.tok, "chat_template", None))
+        self.input_format = getattr(self.net.config, "judge_input", None)
+        format_pairs(self.input_format, [], [])  # an unknown format fails at load time, not mid-run
         self.pack_tokens = int(spec.get("pack_tokens", PACK_TOKENS))
         # None: not yet checked against the plain path; False: packing is off for this model
         self.packed_ok = None if self.pack_tokens > 0 and _packable(self.net) else False
@@ -112,6 +118,7 @@ class RewardModelScorer:
 
     def __call__(self, documents, summaries) -> list[float]:
         documents, summaries = [d or "" for d in documents], [s or "" for s in summaries]
+        documents, summaries = format_pairs(self.input_format, documents, summaries)
         if self.packed_ok is not False and len(set(documents)) < len(documents):
             if self.packed_ok is None:
                 self._check_packing(documents, summaries)

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.agreement import CSV_COLUMNS, agreement, borda, load_judgments, main
+from eval.agreement import main
+from eval.agreement_metrics import agreement, borda
+from eval.agreement_report import CSV_COLUMNS
+from eval.judgments import load_judgments
 
 JUDGMENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "judgments" / "xsumfaith_maynez2020.jsonl"
 SYSTEMS = ["sysA", "sysB", "sysC", "sysD"]
@@ -79,7 +82,8 @@ def test_harness_on_known_agreement(tmp_path, scorer_module, capsys):
     assert float(neg["system_spearman"]) == pytest.approx(-1)
     assert float(const["pairwise_acc"]) == 0.5 and math.isnan(float(const["spearman"]))  # ties count 0.5
     md = (out / "agreement.md").read_text()
-    assert f"{expect['null']} with a null document" in md and "| python:agreement_scorers:echo | 1.000 |" in md
+    assert f"{expect['null']} with a null document" in md
+    assert "| python:agreement_scorers:echo | 1.000 [1.000, 1.000] |" in md
     assert (out / "agreement.png").stat().st_size > 1000
     scores = list(csv.DictReader((out / "scores.csv").open()))
     assert len(scores) == expect["n_summaries"] and "summary" not in scores[0]  # no text copied out
@@ -112,9 +116,28 @@ def test_a_failing_scorer_is_reported_and_the_others_kept(tmp_path, scorer_modul
     out = tmp_path / "out"
     code = main([str(path), "--out", str(out), "--scorers", "python:agreement_scorers:broken,rouge1"])
     assert code == 1
-    assert [r["scorer"] for r in csv.DictReader((out / "agreement.csv").open())] == ["rouge1"]
+    table = list(csv.DictReader((out / "agreement.csv").open()))
+    assert [(r["scorer"], r["status"][:6]) for r in table] == [("rouge1", "ok"),
+                                                              ("python:agreement_scorers:broken", "failed")]
+    assert table[0]["seconds"] and "returned 1 scores" in table[1]["status"]
     assert "FAILED scorer python:agreement_scorers:broken: python: 'agreement_scorers:broken' returned 1 scores" \
         in (out / "agreement.md").read_text()
+
+
+def test_undefined_metrics_say_why(tmp_path, scorer_module):
+    """One summary per document: no pairs; two systems: no system-level correlation. Each n/a has its reason."""
+    path = tmp_path / "single.jsonl"
+    rows = [{"id": f"d{d}", "document": "x", "reference": "r", "system": "AB"[d % 2], "summary": f"s score={d}",
+             "human_score": d} for d in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main([str(path), "--out", str(out), "--scorers", "python:agreement_scorers:echo", "--bootstrap", "50"]) == 0
+    row = next(csv.DictReader((out / "agreement.csv").open()))
+    assert row["pairwise_acc"] == "" or math.isnan(float(row["pairwise_acc"]))
+    assert "pairwise_acc: one summary per document" in row["na_reasons"]
+    assert "system_spearman: fewer than 3 systems" in row["na_reasons"]
+    assert float(row["spearman"]) == pytest.approx(1) and float(row["spearman_low"]) == pytest.approx(1)
+    assert "n/a because" in (out / "agreement.md").read_text()
 
 
 def test_pairwise_judge_bookkeeping():
@@ -211,9 +234,9 @@ def test_packed_logprobs_equal_one_forward_per_summary(tiny_causal, mode, monkey
 def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
     """Log-probs and judge answers computed by the worker jobs (in process, or in 2 spawned processes) are those
     of the plain path: per-summary Policy.logprobs for sum/mean/PMI, run_judge for the pairwise judge."""
+    from eval.model_work import make_executor, submit_model_work
+    from eval.scoring import run_judge, run_source
     from reward_sources import loglik
-
-    from eval.agreement import make_executor, run_judge, run_source, submit_model_work
 
     policy, path = tiny_causal
     rows = _toy_rows()
@@ -244,3 +267,23 @@ def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
     assert loglik._MEMO[loglik.model_key(path)] == memo  # nothing was recomputed: the scorers read the memo
     _, plain_outcomes, plain_raw = run_judge("judge", "pairwise_llm", scorers[3][3], rows, judge_docs=2)
     assert outcomes == plain_outcomes and raw == plain_raw and len(raw) == 12  # 2 documents x 6 pairs
+
+
+def test_columns_under_other_names_and_judge_docs(tmp_path, scorer_module, capsys):
+    from eval.agreement import parser
+
+    path = tmp_path / "renamed.jsonl"
+    write_judgments(path, n_docs=4)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r["reference_tok"] = r.pop("reference")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [str(path), "--out", str(tmp_path / "o"), "--scorers", "rouge2", "--bootstrap", "20"]
+    assert main(args) == 2 and "--columns NAME=FILE_COLUMN" in capsys.readouterr().err
+    assert main(args + ["--columns", "reference=reference_tok"]) == 0
+    assert main(args + ["--columns", "nonsense=reference_tok"]) == 2
+    # 0 documents means none, 'all' means every one
+    assert parser().parse_args(["f", "--judge-docs", "0"]).judge_docs == 0
+    assert parser().parse_args(["f", "--judge-docs", "all"]).judge_docs is None
+    with pytest.raises(SystemExit):
+        parser().parse_args(["f", "--judge-docs", "-1"])

@@ -1,0 +1,126 @@
+"""Human judgments of summaries: reading a file, and which documents two files share.
+
+Input rows: {id, document, reference, system, summary, human_score} (extra fields ignored; --columns reads one under
+another name). Rows whose document is null are skipped and counted. A learned judge's checkpoint records the
+documents it was trained on (TRAINING_RECORD); agreement on those documents is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+REQUIRED = ("id", "document", "reference", "system", "summary", "human_score")
+TRAINING_RECORD = "judge_training.json"  # in a learned judge's checkpoint: what it was trained on
+
+
+class AgreementError(ValueError):
+    """A user mistake (missing file or column, unknown scorer): printed as one line."""
+
+
+def document_key(text: str) -> str:
+    """Text identity of a document across files that name it differently (ids are not always shared)."""
+    return hashlib.sha1(" ".join((text or "").lower().split()).encode("utf-8")).hexdigest()[:16]
+
+
+def document_keys(rows: list[dict]) -> set[str]:
+    """Every id and text key of the rows' documents: two files share a document when either matches."""
+    return {r["id"] for r in rows} | {"text:" + document_key(r["document"]) for r in rows}
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """{our column: the file's column} from 'reference=reference_tok,...'."""
+    out = {}
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        ours, _, theirs = item.partition("=")
+        if ours not in REQUIRED or not theirs:
+            raise AgreementError(f"--columns '{item}': write NAME=FILE_COLUMN with NAME one of {', '.join(REQUIRED)}")
+        out[ours] = theirs
+    return out
+
+
+def load_judgments(path: str | Path, max_docs: int = 0, exclude_systems=(), exclude_docs=frozenset(),
+                   columns: dict | None = None) -> tuple[list[dict], dict]:
+    """Rows with a document, grouped by document id in file order; counts of what was skipped.
+    exclude_docs: document_keys() of documents to leave out (e.g. a learned judge's training documents).
+    columns: {our column: the file's name for it} (see --columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AgreementError(f"judgments file {path} not found")
+    rows, skipped = [], {"null_document": 0, "null_summary_or_score": 0, "excluded_system": 0, "excluded_document": 0}
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AgreementError(f"{path}:{n} is not valid JSON ({e.msg})") from None
+            if columns:
+                row = {**row, **{ours: row[theirs] for ours, theirs in columns.items() if theirs in row}}
+            missing = [c for c in REQUIRED if c not in row]
+            if missing:
+                raise AgreementError(f"{path}:{n} lacks column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} "
+                                     "(--columns NAME=FILE_COLUMN reads one under another name)")
+            if row["document"] is None:
+                skipped["null_document"] += 1
+            elif row["summary"] is None or row["human_score"] is None:
+                skipped["null_summary_or_score"] += 1
+            elif row["system"] in exclude_systems:
+                skipped["excluded_system"] += 1
+            elif exclude_docs and (str(row["id"]) in exclude_docs
+                                   or "text:" + document_key(row["document"]) in exclude_docs):
+                skipped["excluded_document"] += 1
+            else:
+                rows.append({"id": str(row["id"]), "document": row["document"], "reference": row["reference"],
+                             "system": str(row["system"]), "summary": row["summary"],
+                             "human_score": float(row["human_score"])})
+    order = list(OrderedDict.fromkeys(r["id"] for r in rows))
+    if max_docs:
+        order = order[:max_docs]
+    rank = {d: i for i, d in enumerate(order)}
+    # grouped by document (files are often ordered by system): scorers that share work per document need it
+    rows = sorted((r for r in rows if r["id"] in rank), key=lambda r: rank[r["id"]])
+    if not rows:
+        raise AgreementError(f"{path} has no usable rows (skipped: {skipped})")
+    return rows, skipped
+
+
+def training_documents(model_dir: str) -> set[str] | None:
+    """document_keys() a learned judge was trained on (from its checkpoint's record), or None for other models."""
+    record = Path(model_dir) / TRAINING_RECORD
+    if not record.is_file():
+        return None
+    return set(json.loads(record.read_text(encoding="utf-8"))["documents"])
+
+
+def excluded_documents(path: str) -> set[str]:
+    """document_keys() of a judgments file, or the training documents of a learned judge's checkpoint directory."""
+    if Path(path).is_dir():
+        seen = training_documents(path)
+        if seen is None:
+            raise AgreementError(f"--exclude-docs-of {path}: a directory without {TRAINING_RECORD} "
+                                 "(not a learned judge)")
+        return seen
+    return document_keys(load_judgments(path)[0])
+
+
+def refuse_seen_documents(scorers, rows: list[dict]) -> None:
+    """Agreement on documents a judge was trained on is not agreement on judgments it never saw."""
+    keys = document_keys(rows)
+    for label, _, reg_name, spec in scorers:
+        if reg_name != "reward_model" or not spec.get("model"):
+            continue
+        seen = training_documents(str(spec["model"]))
+        if seen and keys & seen:
+            n = len({r["id"] for r in rows if r["id"] in seen or "text:" + document_key(r["document"]) in seen})
+            raise AgreementError(f"{label} was trained on {n} of this file's documents; pass --exclude-docs-of "
+                                 "TRAINING_FILE to evaluate on the others only")
+
+
+def doc_groups(rows: list[dict]) -> list[list[int]]:
+    groups: OrderedDict[str, list[int]] = OrderedDict()
+    for i, r in enumerate(rows):
+        groups.setdefault(r["id"], []).append(i)
+    return list(groups.values())
