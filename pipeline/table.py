@@ -17,7 +17,7 @@ Secondary (the headline for judges without a utility): sampled judge win rates o
 those prompts and the first eval.samples_per_prompt samples (no extra generation). Per iteration and seed, the
 first method meets each other one (or, with `table.versus: <label>`, every other method meets that one), and
 the A/A run meets the baseline. The win rate per (pair, iteration) is the mean over seeds with a t-interval
-over seeds; with a single seed the interval is over test prompts instead (normal approximation), and the table
+over seeds; with a single seed the interval is over test prompts instead (percentile bootstrap), and the table
 says so. Each row states the judge labels (and label cost) each method spent in that iteration, so a
 comparison is read at equal label budget, and table.md ends with each method's measured costs per iteration.
 
@@ -449,7 +449,8 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     winrate.write_csv(out / "table.csv", table, TABLE_FIELDS)
     md = markdown(table, recipe.online.iterations)
     ci = ("mean ± 95% t-interval over seeds" if table[0]["ci_over"] == "seeds" else
-          "one training seed: win rate over test prompts ± 95% normal interval over prompts (ties count 0.5)")
+          "one training seed: win rate over test prompts ± half the 95% percentile-bootstrap interval over prompts "
+          "(ties count 0.5)")
     cost_md = costs_markdown(costs(recipe))
     per = f" x {per} paired samples each" if per > 1 else ""
     (out / "table.md").write_text(f"Judge: {eval_judge.name}; seeds {recipe.table.seeds}; {len(test_rows)} test "
