@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 from eval.winrate import sample_test
-from pipeline import data as data_stage
 from pipeline.cli import run_command
 from pipeline.config import ConfigError, load_recipe
 from pipeline.models import load_policy
-from pipeline.runner import build_judge, configure_threads, policy_config
+from pipeline.runner import build_judge, configure_threads, load_split, policy_config
 from pipeline.table import all_methods, run_dir
 from reward_sources.contracts import knows_utility
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_examples(run: Path, articles: int, samples: int) -> None:
     recipe, judge = prepare(run, articles, samples)
-    rows = data_stage.load_split(run / "data", "test")[:articles]
+    rows = load_split(run / "data", "test")[:articles]
     ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
     drawn = {label: sample_test(load_policy(policy_config(recipe, path)), rows, ev, recipe.online.gen_batch_size,
                                 recipe.table.seeds[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,10 +23,10 @@ import numpy as np
 
 from eval.paired import expected_win_rate
 from eval.world_report import FACTS, fact_table
-from pipeline import data as data_stage
-from pipeline.config import load_recipe
+from pipeline.cli import run_command
+from pipeline.config import ConfigError, load_recipe
 from pipeline.models import load_policy
-from pipeline.runner import configure_threads, policy_config
+from pipeline.runner import configure_threads, load_split, policy_config
 from pipeline.world import words
 from reward_sources.oracle import PERSONAS, utility
 
@@ -94,14 +95,26 @@ def main(argv=None) -> int:
     problem = (f"no config.yaml in {run}" if not (run / "config.yaml").exists() else
                f"checkpoint(s) not LABEL=existing-path: {', '.join(bad)}" if bad else
                "--samples must be >= 1" if args.samples < 1 else
-               f"unknown persona '{args.persona}'; known: {', '.join(PERSONAS)}" if args.persona not in PERSONAS
+               "--prompts must be >= 1" if args.prompts < 1 else
+               # a negative temperature samples or weighs wins in reverse; NaN or inf give no number at all
+               "--temperature must be >= 0 (0 = greedy) and finite" if not 0 <= args.temperature < math.inf else
+               "--bt-temperature must be >= 0 (0 = noise-free) and finite" if not 0 <= args.bt_temperature < math.inf
+               else f"unknown persona '{args.persona}'; known: {', '.join(PERSONAS)}" if args.persona not in PERSONAS
                else None)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     configure_threads()
+    # every command's one error map: a bad config.yaml or a path that holds no model is one line, not a traceback
+    return run_command(lambda: report(args, run, specs))
+
+
+def report(args, run: Path, specs: list[list[str]]) -> None:
     recipe = load_recipe(run / "config.yaml")
-    rows = (data_stage.load_split(run / "data", "test") + data_stage.load_split(run / "data", "eval"))[: args.prompts]
+    rows = (load_split(run / "data", "test") + load_split(run / "data", "eval"))[: args.prompts]
+    if not rows or any(not r.get("facts") for r in rows):
+        raise ConfigError(f"{run}: the oracle's utility needs held-out rows with the synthetic world's planted facts "
+                          "(data.source=synthetic)")
     u, seen = {}, {}
     for label, path in specs:
         policy = load_policy(policy_config(recipe, path))
@@ -122,7 +135,6 @@ def main(argv=None) -> int:
         row["behaviour"] = seen[row["checkpoint"]]
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,12 +26,11 @@ from itertools import combinations
 
 import numpy as np
 
-from pipeline import data as data_stage
 from pipeline import world
 from pipeline.cli import check_names, run_command
 from pipeline.config import Recipe, load_recipe
 from pipeline.models import load_policy
-from pipeline.runner import build_judge, build_scorers, configure_threads, policy_config, run
+from pipeline.runner import build_judge, build_scorers, configure_threads, load_split, policy_config, run
 from reward_sources.oracle import PERSONAS, utility
 
 FACTS = ("person", "role", "place", "number", "event")
@@ -112,7 +111,7 @@ def best_of_n(samples, source_scores, utilities, k: int) -> float:
 
 
 def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = None, n_pool: int | None = None) -> str:
-    rows = data_stage.load_split(recipe.out / "data", "eval")[:n_prompts]
+    rows = load_split(recipe.out / "data", "eval")[:n_prompts]
     if not rows or "facts" not in rows[0]:
         return "(no planted facts: the world report needs data.source=synthetic)"
     judge = build_judge(recipe)
@@ -128,7 +127,7 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
     greedy = [s[0] for s in policy.sample(docs, 1, temperature=0.0, **gen)]
     samples = policy.sample(docs, k + n_pool, temperature=recipe.online.temperature, top_k=recipe.online.top_k,
                             seed=123, **gen)
-    train = data_stage.load_split(recipe.out / "data", "train")[:n_prompts]
+    train = load_split(recipe.out / "data", "train")[:n_prompts]
     train_samples = policy.sample([r["document"] for r in train], 1, temperature=recipe.online.temperature,
                                   top_k=recipe.online.top_k, seed=123, **gen)
     others = [r["summary"] for r in rows]
@@ -199,7 +198,8 @@ def main(argv=None) -> int:
     force = "--force" in argv
     argv = [a for a in argv if a != "--force"]
     if not argv:
-        print("usage: python -m eval.world_report RECIPE [--force] [key=value ...]", file=sys.stderr)
+        print("error: a recipe is required; usage: python -m eval.world_report RECIPE [--force] [key=value ...]",
+              file=sys.stderr)  # the one-line form of every command's errors
         return 2
     configure_threads()
 

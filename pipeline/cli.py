@@ -22,12 +22,14 @@ from pipeline.durable import StateError
 from pipeline.models import ModelError
 from pipeline.online import OnlineStopped, validate
 from pipeline.runner import resolve_model_refs
+from pipeline.selection.base import SELF
 from pipeline.selection.registry import check_selector, selector_class
 from pipeline.transfer import arm_names
 from reward_sources.registry import JUDGES, SOURCES, RegistryError, check_name, check_no_secrets
 from reward_sources.rouge import check_spec
 
 USER_ERRORS = (ConfigError, DataError, RegistryError, ModelError)
+MAX_SAMPLES_PER_PROMPT = 16384  # held in memory at once, per prompt and generation batch
 
 
 class RunFailed(RuntimeError):
@@ -143,6 +145,10 @@ def check_names(recipe, until: str = "eval", table: bool = False) -> None:
             raise ConfigError(f"online.sources[{i}] needs a 'name', e.g. {{name: rouge}}; got {spec!r}")
         check_component("source", f"online.sources[{i}]", spec["name"], spec)
         resolve_model_refs(recipe, spec)  # a `run:<label>` the recipe does not train
+        label = spec.get("label")
+        if label is not None and (not isinstance(label, str) or label == SELF):  # an arm's name, beside the self arm
+            raise ConfigError(f"online.sources[{i}].label must be a string other than '{SELF}' (the no-transfer "
+                              f"arm), got {label!r}")
     try:
         selector_class(recipe.online.selector.name)
     except ValueError as e:
@@ -151,7 +157,10 @@ def check_names(recipe, until: str = "eval", table: bool = False) -> None:
         check_selector(recipe.online.selector.name, recipe.online.selector.params)
     except ValueError as e:
         raise ConfigError(f"online.selector.params: {e}") from None
-    arms = arm_names(recipe.online.sources)
+    try:
+        arms = arm_names(recipe.online.sources)
+    except ValueError as e:  # a source named twice without a label
+        raise ConfigError(f"online.sources: {e}") from None
     try:  # every selector is cheap to build (models and encoders load on first use): k, pool and arm rules now
         validate(recipe.online, arms)
     except ValueError as e:
@@ -162,6 +171,12 @@ def check_names(recipe, until: str = "eval", table: bool = False) -> None:
         except ValueError as e:
             raise ConfigError(f"table.methods[{i}] ({label}): {e}") from None
     tracking.check(recipe.tracking)
+    # a prompt's samples are drawn at once: online.k = 10**30 passed every range, then hung (growing) after SFT
+    for key, n in (("online.k + online.n_pool", recipe.online.k + recipe.online.n_pool),
+                   ("eval.samples_per_prompt", recipe.eval.samples_per_prompt),
+                   ("table.utility_samples", recipe.table.utility_samples if table else 0)):
+        if n > MAX_SAMPLES_PER_PROMPT:
+            raise ConfigError(f"{key} is {n}: at most {MAX_SAMPLES_PER_PROMPT} samples per prompt are drawn")
     data = recipe.data
     if data.source == "synthetic" and data.eval_size + data.test_size >= data.n_examples:
         raise ConfigError(f"data.eval_size ({data.eval_size}) + data.test_size ({data.test_size}) leave no training "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,13 +39,19 @@ def f(default: Any, help: str, *, ge: float | None = None, gt: float | None = No
     return field(default=default, metadata=meta)
 
 
+# Training seeds reach np.random.seed, which takes 0 .. 2**32 - 1: anything else was a traceback once a stage ran
+# (sampling and data seeds are hashed or go to random.Random, which take any integer).
+SEED_MAX = 2**32 - 1
+
 _OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
         "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
 
 
 def range_text(fl: dataclasses.Field) -> str:
     """'>= 1', '> 0 and <= 1', 'non-empty' ... for a field's declared range ('' when it has none)."""
-    parts = [f"{_OPS[k][0]} {v:g}" for k, v in fl.metadata.get("bounds", {}).items()]
+    # whole numbers in full: '{:g}' would print the seeds' 2**32 - 1 as 4.29497e+09
+    parts = [f"{_OPS[k][0]} {int(v) if float(v).is_integer() else f'{v:g}'}"
+             for k, v in fl.metadata.get("bounds", {}).items()]
     if fl.metadata.get("nonempty"):
         parts.append("non-empty")
     return " and ".join(parts)
@@ -60,6 +67,10 @@ def _check_range(fl: dataclasses.Field, value: Any, key: str) -> None:
     # NaN compares False with everything, so it fails every bound; inf fails an upper one
     if any(not _OPS[k][1](v, b) for v in values for k, b in bounds.items()):
         raise ConfigError(f"'{key}' must be {range_text(fl)}, got {value!r}")
+    # inf passes a lower bound: an infinite beta, learning rate or temperature would fail only after SFT, as a
+    # non-finite loss, or silently (sampling at T = inf)
+    if any(isinstance(v, float) and math.isinf(v) for v in values):
+        raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
 
 
 @dataclass
@@ -114,7 +125,7 @@ class ModelConfig:
     lora: LoRAConfig = f(LoRAConfig(), "parameter-efficient fine-tuning")
     vocab_size: int = f(0, "shape: models: embedding rows (0 = the tokenizer's size; 32128 = the paper T5 vocabulary)",
                         ge=0)
-    init_seed: int = f(0, "seed of shape: random weights and of LoRA adapter initialisation")
+    init_seed: int = f(0, "seed of shape: random weights and of LoRA adapter initialisation", ge=0, le=SEED_MAX)
 
 
 @dataclass
@@ -129,7 +140,7 @@ class SFTConfig:
     eval_examples: int = f(200, "eval-split rows scored with ROUGE-Lsum at the end (0 = skip)", ge=0)
     eval_max_new_tokens: int = f(48, "greedy decoding length for the ROUGE evaluation", ge=1)
     log_every: int = f(25, "steps between loss log lines", ge=1)
-    seed: int = f(0, "seed of initialisation order and batching")
+    seed: int = f(0, "seed of initialisation order and batching", ge=0, le=SEED_MAX)
     copy_steps: int = f(0, "steps of copy pretraining before SFT (input: the document; target: one of its sentences "
                            "at random), as T5 is pretrained on text before it is fine-tuned; 0 = none", ge=0)
     copy_lr: float = f(1e-3, "peak learning rate of copy pretraining (linear warm-up, cosine decay)", gt=0)
@@ -175,7 +186,7 @@ class OnlineConfig:
     max_judge_failure_rate: float = f(0.1, "stop the online stage when more than this share of an iteration's "
                                            "judge answers failed (raised or NaN; stored as NULL, never a score)",
                                            ge=0, le=1)
-    seed: int = f(0, "seed of prompt draws and sampling")
+    seed: int = f(0, "seed of prompt draws and sampling", ge=0, le=SEED_MAX)
 
 
 @dataclass
@@ -188,7 +199,8 @@ class EvalConfig:
                                    ge=1)
     max_new_tokens: int = f(48, "generation length limit", ge=1)
     judge: JudgeConfig | None = f(None, "judge for win rates (None = the online judge)")
-    baseline: str = f("sft", "policy every iterate is compared against: sft | initial")
+    baseline: Literal["sft", "initial"] = f("sft", "policy every iterate is compared against: the SFT checkpoint, or "
+                                                   "the model as the recipe names it before SFT (initial)")
 
 
 @dataclass
@@ -201,7 +213,7 @@ class SourceModelConfig:
 @dataclass
 class TableConfig:
     seeds: list[int] = f([0, 1, 2], "training seeds; each method runs once per seed from the shared SFT checkpoint",
-                         nonempty=True)
+                         nonempty=True, ge=0, le=SEED_MAX)
     methods: list[dict] = f([], "rows of the table as {label, selector: {name, params}}; empty = TPO (ucb), "
                                "no transfer, and pure exploit of every source")
     n_prompts: int = f(200, "held-out test prompts per head-to-head comparison", ge=1)
@@ -229,9 +241,9 @@ class TrackingConfig:
 
 @dataclass
 class Recipe:
-    name: str = f("demo", "run name; outputs go to runs/<name>/ unless run_dir is set")
+    name: str = f("demo", "run name; outputs go to runs/<name>/ unless run_dir is set", nonempty=True)
     run_dir: str = f("", "output directory (default runs/<name>)")
-    seed: int = f(0, "global seed")
+    seed: int = f(0, "global seed", ge=0, le=SEED_MAX)
     data: DataConfig = f(DataConfig(), "data stage")
     policy: ModelConfig = f(ModelConfig(), "the policy model")
     sft: SFTConfig = f(SFTConfig(), "supervised fine-tuning stage")
@@ -361,15 +373,44 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a second
+    `sft:` block would drop every key of the first (YAML itself says keys are unique)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"key '{key}' is given twice in one mapping (line {mark.line + 1}); YAML keeps only "
+                                  "the last, so the first would be dropped silently: merge them into one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"recipe '{path}' does not exist")
+    if path.is_dir():  # read_text's OSError would print as a failed run ("finished stages are kept")
+        raise ConfigError(f"recipe '{path}' is a directory, not a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loader = _StrictLoader(path.read_text(encoding="utf-8"))
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                          "re-save it as UTF-8") from None
+    except ConfigError as e:
+        raise ConfigError(f"recipe '{path}': {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"recipe '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:  # an empty or comment-only file would silently run every default (the 30,000-article demo)
+        raise ConfigError(f"recipe '{path}' is empty; give at least a name (python -m pipeline help lists every key)")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(raw).__name__}")
     return raw

@@ -90,11 +90,25 @@ def _finished(out: Path, stage: str) -> bool:
     return any(out.glob(pattern))
 
 
+def _recorded(out: Path) -> dict:
+    """stages.json; one line naming it when it is not a JSON mapping (it is written atomically: edited by hand)."""
+    path = out / "stages.json"
+    if not path.exists():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise StateError(f"'{path}' is corrupt; delete it and rerun (finished stages are then compared with "
+                         "config.yaml)")
+    return recorded
+
+
 def _stale(out: Path, old: dict | None, new: dict) -> list[str]:
     """Finished stages whose recorded fingerprint differs from the recipe's. A stage finished before fingerprints
     were recorded is compared by the saved config.yaml, the config of the last run in this directory."""
-    path = out / "stages.json"
-    recorded = json.loads(path.read_text()) if path.exists() else {}
+    recorded = _recorded(out)
     stale = []
     for stage in STAGES:
         before = recorded.get(stage) or (fingerprint(old, stage) if old is not None else None)
@@ -118,7 +132,7 @@ def _invalidate(out: Path, stages: list[str]) -> None:
 
 def _record(out: Path, stage: str, recipe: Recipe) -> None:
     path = out / "stages.json"
-    recorded = json.loads(path.read_text()) if path.exists() else {}
+    recorded = _recorded(out)
     recorded[stage] = fingerprint(to_dict(recipe), stage)
     atomic_write_text(path, json.dumps(recorded, indent=1))
 
@@ -132,7 +146,13 @@ def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
     out = recipe.out
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
-    old = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    try:
+        old = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        old = []
+    if old is not None and not isinstance(old, dict):  # not the mapping save_resolved wrote: edited by hand
+        raise StateError(f"'{saved}' is corrupt; delete it to take this recipe as the run's own (stages.json still "
+                         "decides which finished stages it makes stale)")
     # how many processes train at once changes no result: not a change of recipe
     changed = [k for k in _diff(old, new) if k != "table.jobs"] if old is not None else []
     stale = _stale(out, old, new)
@@ -164,7 +184,11 @@ def check_label_count(out: Path, store: LabelStore) -> None:
     """A store holding fewer labels than a finished iteration recorded was replaced or truncated: refused, so that
     paid labels never silently vanish (an empty file opens as a new store)."""
     for it in sorted(out.glob("online/iter_*/DONE")):
-        want = json.loads((it.parent / "metrics.json").read_text()).get("labels_spent_total", 0)
+        try:
+            want = json.loads((it.parent / "metrics.json").read_text()).get("labels_spent_total", 0)
+        except (ValueError, UnicodeDecodeError, AttributeError):  # written atomically: edited or damaged by hand
+            raise StateError(f"'{it.parent / 'metrics.json'}' is corrupt; delete '{it.parent}' and rerun the same "
+                             f"command to redo {it.parent.name} (and the iterations after it)") from None
         if store.count() < want:
             raise StateError(f"label store '{store.path}' holds {store.count()} labels, but {it.parent.name} finished "
                              f"with {want}: it was replaced or truncated; restore it from a backup (or delete "
@@ -175,8 +199,28 @@ def _done(stage_dir: Path) -> bool:
     return (stage_dir / "DONE").exists()
 
 
+def _done_info(stage_dir: Path) -> dict:
+    """What a DONE marker records; {} when it is not a JSON mapping (written atomically, so edited by hand): the
+    stage that reads it is then redone."""
+    try:
+        info = json.loads((stage_dir / "DONE").read_text() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
 def _mark(stage_dir: Path, info: dict | None = None) -> None:
     atomic_write_text(stage_dir / "DONE", json.dumps(info or {}, default=str))
+
+
+def load_split(data_dir: Path, split: str) -> list[dict]:
+    """A split the data stage wrote; one line naming the file when it is damaged (a line that is not JSON), not a
+    traceback."""
+    try:
+        return data_stage.load_split(data_dir, split)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        raise StateError(f"'{Path(data_dir) / f'{split}.jsonl'}' is corrupt ({e}); delete '{data_dir}' and rerun the "
+                         "same command to redo the data stage") from None
 
 
 def policy_config(recipe: Recipe, name: str | Path | None = None):
@@ -194,7 +238,7 @@ def tokenizer_dir(recipe: Recipe, model=None) -> Path | None:
     tok = recipe.out / "data" / "tokenizer"
     with distributed.main_first():  # trained once, by the main process; the others then find it
         if not (tok / "tokenizer.json").exists():
-            rows = data_stage.load_split(recipe.out / "data", "train")
+            rows = load_split(recipe.out / "data", "train")
             train_world_tokenizer((t for r in rows for t in (r["document"], r["summary"])), tok)
     return tok
 
@@ -219,8 +263,8 @@ def stage_sources(recipe: Recipe) -> None:
             continue
         seed_everything(sm.sft.seed)
         model = load_policy(sm.model, tokenizer_dir=tokenizer_dir(recipe, sm.model))
-        metrics = run_sft(model, sm.sft, data_stage.load_split(recipe.out / "data", "train"),
-                          data_stage.load_split(recipe.out / "data", "eval"), d)
+        metrics = run_sft(model, sm.sft, load_split(recipe.out / "data", "train"),
+                          load_split(recipe.out / "data", "eval"), d)
         if distributed.is_main():
             print(f"source model '{sm.label}': {metrics['n_params'] / 1e6:.1f}M params, "
                   f"ROUGE-Lsum {metrics['rouge_lsum']}, {metrics['wall_s']:.0f}s", flush=True)
@@ -250,8 +294,8 @@ def stage_sft(recipe: Recipe) -> None:
     seed_everything(recipe.sft.seed)
     policy = load_policy(recipe.policy, tokenizer_dir=tokenizer_dir(recipe))
     if recipe.sft.enabled:
-        train = data_stage.load_split(recipe.out / "data", "train")
-        ev = data_stage.load_split(recipe.out / "data", "eval")
+        train = load_split(recipe.out / "data", "train")
+        ev = load_split(recipe.out / "data", "eval")
         metrics = run_sft(policy, recipe.sft, train, ev, d)
         rouge = "skipped" if metrics["rouge_lsum"] is None else f"{metrics['rouge_lsum']:.3f}"
         if distributed.is_main():
@@ -319,7 +363,7 @@ def stage_online(recipe: Recipe) -> None:
         if store is not None:
             check_label_count(recipe.out, store)
         results = run_online(recipe.policy, recipe.out / "sft" / "model", recipe.online,
-                             data_stage.load_split(recipe.out / "data", "train"), judge, store, scorers, d)
+                             load_split(recipe.out / "data", "train"), judge, store, scorers, d)
     finally:
         if store is not None:
             store.close()
@@ -342,32 +386,39 @@ def _verify_inputs(recipe: Recipe) -> None:
 
 def stage_eval(recipe: Recipe) -> list[dict]:
     d = recipe.out / "eval"
-    if _done(d) and json.loads((d / "DONE").read_text() or "{}").get("iterations") == recipe.online.iterations:
+    # redone when its table is gone too: printing the missing file would fail on every rerun
+    if (_done(d) and _done_info(d).get("iterations") == recipe.online.iterations
+            and (d / "winrates.md").exists()):
         print((d / "winrates.md").read_text())
         return []
     ev = recipe.eval
     _verify_inputs(recipe)
     judge = build_judge(recipe, ev.judge)
-    rows = data_stage.load_split(recipe.out / "data", "test")[: ev.n_prompts]
+    rows = load_split(recipe.out / "data", "test")[: ev.n_prompts]
     store = LabelStore(recipe.out / "labels.sqlite")
     check_label_count(recipe.out, store)
-    baseline = recipe.out / "sft" / "model"
+    # eval.baseline: the SFT checkpoint, or the model as the recipe names it before SFT ("initial", path None)
+    base = ev.baseline
+    baseline = recipe.out / "sft" / "model" if base == "sft" else None
     iterates = [(t, recipe.out / "online" / f"iter_{t}" / "model") for t in range(1, recipe.online.iterations + 1)]
     iterates = [(t, p) for t, p in iterates if p.exists()]
     if not iterates:
         raise ConfigError(f"no online checkpoints under {recipe.out / 'online'}; run the online stage first")
     samples = {}
-    for label, path in [("sft", baseline)] + [(f"iter{t}", p) for t, p in iterates]:
-        policy = load_policy(policy_config(recipe, path))
+    for label, path in [(base, baseline)] + [(f"iter{t}", p) for t, p in iterates]:
+        # initial: the world tokenizer that SFT trained, named directly (tokenizer_dir() would wait at a barrier for
+        # processes that do not run this stage); models with their own tokenizer never read it
+        policy = (load_policy(policy_config(recipe, path)) if path is not None
+                  else load_policy(recipe.policy, tokenizer_dir=recipe.out / "data" / "tokenizer"))
         for seed in ev.seeds:
             samples[(label, seed)] = winrate.sample_test(policy, rows, ev, recipe.online.gen_batch_size, seed)
         del policy
     per_seed_rows, summaries = [], []
     for t, _ in iterates:
-        per_seed = {s: winrate.outcomes(store, judge, rows, samples[(f"iter{t}", s)], samples[("sft", s)], s)
+        per_seed = {s: winrate.outcomes(store, judge, rows, samples[(f"iter{t}", s)], samples[(base, s)], s)
                     for s in ev.seeds}
         crash_point("eval")
-        r, summ = winrate.head_to_head(f"{recipe.name}@iter{t}", "sft", t, per_seed)
+        r, summ = winrate.head_to_head(f"{recipe.name}@iter{t}", base, t, per_seed)
         per_seed_rows += r
         summaries.append(summ)
     store.close()
@@ -376,7 +427,7 @@ def stage_eval(recipe: Recipe) -> list[dict]:
     winrate.write_csv(d / "summary.csv", summaries, fields=list(summaries[0]))
     table = winrate.markdown(summaries)
     atomic_write_text(d / "winrates.md", f"Judge: {judge.name}\n\n{table}\n")
-    winrate.plot(summaries, d / "winrates.png", f"{recipe.name}: iterate vs SFT ({judge.name})")
+    winrate.plot(summaries, d / "winrates.png", f"{recipe.name}: iterate vs {base} ({judge.name})")
     print(f"\nWin rates under {judge.name} ({len(rows)} test prompts, seeds {ev.seeds}):\n{table}", flush=True)
     _mark(d, {"iterations": recipe.online.iterations})
     return summaries
@@ -385,6 +436,10 @@ def stage_eval(recipe: Recipe) -> list[dict]:
 def run(recipe: Recipe, until: str = "eval", force: bool = False) -> None:
     if until not in STAGES:
         raise ConfigError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    # a user error, not the failed write ("finished stages are kept ... rerun") mkdir would report
+    blocker = next((p for p in [recipe.out, *recipe.out.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"run_dir '{recipe.out}': '{blocker}' is a file, not a directory; set run_dir to a directory")
     with run_dir_lock(recipe.out):
         with distributed.main_first():
             out = prepare_run_dir(recipe, force)
@@ -434,7 +489,12 @@ def setup_logging(out: Path) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         root.addHandler(fh)
         root.setLevel(logging.INFO)
-    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    # absl (rouge-score) calls logging.basicConfig() at its first log line: that console handler, at INFO, would
+    # print every INFO line and the traceback io_error_line keeps for run.log; the console shows warnings only
+    for h in consoles:
+        h.setLevel(max(h.level, logging.WARNING))
+    if not consoles:
         sh = logging.StreamHandler(sys.stderr)
         sh.setLevel(logging.WARNING)
         root.addHandler(sh)

@@ -44,10 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from eval import paired, winrate, world_report
-from pipeline import data as data_stage
 from pipeline import distributed
 from pipeline.cli import RunFailed, check_names, run_command, table_methods
-from pipeline.config import ConfigError, Recipe, SelectorConfig, load_recipe
+from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_recipe
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.models import load_policy
@@ -56,6 +55,7 @@ from pipeline.runner import (
     build_judge,
     build_scorers,
     configure_threads,
+    load_split,
     policy_config,
     run,
     seed_everything,
@@ -87,6 +87,11 @@ def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
         if clash:
             raise ConfigError(f"table.aa_seed_offset={recipe.table.aa_seed_offset} makes the A/A run reuse training "
                               f"seed(s) {clash} of table.seeds: its runs would not be independent of the baseline's")
+        outside = [s + recipe.table.aa_seed_offset for s in recipe.table.seeds
+                   if not 0 <= s + recipe.table.aa_seed_offset <= SEED_MAX]
+        if outside:  # a training seed reaches np.random.seed: a traceback mid-table otherwise
+            raise ConfigError(f"table.aa_seed_offset={recipe.table.aa_seed_offset} gives the A/A run training seed(s) "
+                              f"{outside}, outside 0 .. {SEED_MAX}")
     return out
 
 
@@ -129,7 +134,7 @@ def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, t
     seed_everything(training_seed)
     cfg = dataclasses.replace(recipe.online, seed=training_seed, selector=selector)
     used = scorers if selector.name != "none" else {}
-    rows = data_stage.load_split(recipe.out / "data", "train")
+    rows = load_split(recipe.out / "data", "train")
     store = LabelStore(out / "labels.sqlite")
     try:
         run_online(recipe.policy, recipe.out / "sft" / "model", cfg, rows, judge, store, used, out / "online")
@@ -210,7 +215,7 @@ def _cached(path: Path, key: dict):
 def sample_run(recipe: Recipe, label: str, seed: int, prompts: int, samples: int) -> None:
     """Draw and cache `samples` responses per test prompt for every iteration of one run that lacks them. The
     sampling seed is the eval seed's (winrate.sample_test), whatever the method: common random numbers."""
-    rows = data_stage.load_split(recipe.out / "data", "test")[:prompts]
+    rows = load_split(recipe.out / "data", "test")[:prompts]
     key = _draw_key(recipe, rows, seed)
     ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
     for t in range(1, recipe.online.iterations + 1):
@@ -411,6 +416,14 @@ def behaviour(recipe: Recipe, judge, rows: list[dict], samples: dict, out: Path)
     return text
 
 
+def headline_baseline(recipe: Recipe) -> None:
+    """The exact-utility headline pairs every method with table.baseline: it must be one of them."""
+    labels = [m for m, _ in methods(recipe)]
+    if recipe.table.baseline not in labels:
+        raise ConfigError(f"table.baseline '{recipe.table.baseline}' is not a method of the table: the exact-utility "
+                          f"headline pairs every method with it ({', '.join(labels)})")
+
+
 def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> list[dict]:
     t0 = time.time()
     jobs = recipe.table.jobs if jobs is None else jobs
@@ -419,6 +432,8 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     if min(tc.n_prompts, tc.utility_prompts, tc.utility_samples, recipe.eval.samples_per_prompt) < 1:
         raise ConfigError("table.n_prompts, table.utility_prompts, table.utility_samples and "
                           "eval.samples_per_prompt must be >= 1")
+    if (recipe.eval.judge or recipe.judge).name == "oracle":  # it knows the utility: before any stage, not after
+        headline_baseline(recipe)
     run(recipe, until="sources", force=force)
     seed_everything(recipe.seed)
     judge = build_judge(recipe)
@@ -428,14 +443,13 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
         judge = scorers = None
     eval_judge = build_judge(recipe, recipe.eval.judge)
     exact = knows_utility(eval_judge)  # the synthetic world's oracle knows each summary's utility
-    if exact and tc.baseline not in [m for m, _ in methods(recipe)]:
-        raise ConfigError(f"table.baseline '{tc.baseline}' is not a method of the table: the exact-utility headline "
-                          f"pairs every method with it ({', '.join(m for m, _ in methods(recipe))})")
+    if exact:
+        headline_baseline(recipe)
     train_all(recipe, judge, scorers, jobs)
     # one draw serves both tables: the win rates read a prefix of its prompts and of each prompt's samples
     n_draw, k_draw = ((max(tc.n_prompts, tc.utility_prompts), max(recipe.eval.samples_per_prompt, tc.utility_samples))
                       if exact else (tc.n_prompts, recipe.eval.samples_per_prompt))
-    drawn_rows = data_stage.load_split(recipe.out / "data", "test")[:n_draw]
+    drawn_rows = load_split(recipe.out / "data", "test")[:n_draw]
     drawn = sample_all(recipe, drawn_rows, k_draw, jobs)
     out = recipe.out / "table"
     out.mkdir(parents=True, exist_ok=True)
@@ -483,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
 
     def body():
+        if args.jobs is not None and args.jobs < 1:  # table.jobs' own range; 0 would silently mean 1
+            raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
         recipe = load_recipe(args.recipe, overrides)
         check_names(recipe, table=True)
         make_table(recipe, force=args.force, jobs=args.jobs)

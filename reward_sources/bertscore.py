@@ -43,8 +43,19 @@ def get_scorer(model: str, num_layers: int | None):
         raise ValueError(f"bertscore: cannot load encoder '{model}' ({str(e).splitlines()[0]})") from None
 
 
-def build(spec: dict, ctx=None):
+def check_build(spec: dict) -> None:
+    """The options, without loading the encoder (the CLI runs this before any stage)."""
     check_spec(spec, {"model", "num_layers", "batch_size"}, "bertscore")
+    if "model" in spec and not (isinstance(spec["model"], str) and spec["model"].strip()):
+        raise ValueError(f"bertscore: model must be an encoder name or directory, got {spec['model']!r}")
+    for key, low in (("num_layers", 1), ("batch_size", 1)):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"bertscore: {key} must be an integer >= {low}, got {value!r}")
+
+
+def build(spec: dict, ctx=None):
+    check_build(spec)
     model = spec.get("model") or minilm_dir()
     num_layers = spec.get("num_layers", DEFAULT_LAYERS if "model" not in spec else None)
     batch_size = int(spec.get("batch_size", 64))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 from reward_sources.registry import RegistryError
 from reward_sources.rouge import check_batch, check_spec
@@ -48,17 +49,30 @@ def _input_format(metric) -> tuple[set[str], bool]:
     return set(forms[0]), True
 
 
-def build(spec: dict, ctx=None):
+def check_build(spec: dict) -> None:
+    """The options, without loading the metric (the CLI runs this before any stage); a local script that does not
+    exist fails here too, rather than when the online stage builds the source after SFT."""
     check_spec(spec, {"metric", "config_name", "key", "kwargs", "against"}, "evaluate")
     name = spec.get("metric")
     if not isinstance(name, str) or not name:
         raise ValueError("evaluate: the spec needs 'metric: <hub name or path of a metric script>'")
+    if (name.endswith(".py") or name.startswith((".", "/", "~"))) and not Path(name).expanduser().exists():
+        raise ValueError(f"evaluate: metric script '{name}' does not exist")
     kwargs = spec.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ValueError(f"evaluate: kwargs must be a mapping, got {type(kwargs).__name__}")
+    if spec.get("against", "reference") not in ("reference", "document"):
+        raise ValueError(f"evaluate: against must be 'reference' or 'document', got '{spec['against']}'")
+    for key in ("key", "config_name"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ValueError(f"evaluate: {key} must be a string, got {spec[key]!r}")
+
+
+def build(spec: dict, ctx=None):
+    check_build(spec)
+    name = spec["metric"]
+    kwargs = spec.get("kwargs") or {}
     against = spec.get("against", "reference")
-    if against not in ("reference", "document"):
-        raise ValueError(f"evaluate: against must be 'reference' or 'document', got '{against}'")
     key = spec.get("key")
     metric = _load(name, spec.get("config_name"))
     inputs, listed = _input_format(metric)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections import defaultdict
 
 import torch
@@ -224,18 +225,35 @@ def remember(model, documents, responses, sums, counts) -> None:
     memo.update(zip(zip(documents, responses), zip(sums, counts)))
 
 
-def build(spec: dict, ctx=None):
+def check_build(spec: dict) -> None:
+    """Every option, without loading the model: the CLI runs this before any stage (a wrong type would otherwise
+    surface when the online stage builds the source, after SFT and the source models' training)."""
     check_spec(spec, OPTIONS, "loglik")
     reduce = spec.get("reduce", "sum")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"loglik: reduce must be 'sum' or 'mean', got '{reduce}'")
-    minus_ref, pmi = bool(spec.get("minus_reference", False)), bool(spec.get("pmi", False))
-    if minus_ref and pmi:
+    for key in ("minus_reference", "pmi"):
+        if not isinstance(spec.get(key, False), bool):
+            raise ValueError(f"loglik: {key} must be true or false, got {spec[key]!r}")
+    if spec.get("minus_reference") and spec.get("pmi"):
         raise ValueError("loglik: choose one of minus_reference and pmi")
     if "model" not in spec:
         raise ValueError("loglik: set 'model' (e.g. 'gguf:smollm2', a local directory, or a ModelConfig mapping)")
+    model_config(spec["model"])
+    beta = spec.get("beta", 1.0)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
+        raise ValueError(f"loglik: beta must be a finite number, got {beta!r}")
+    batch_size = spec.get("batch_size", 16)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"loglik: batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def build(spec: dict, ctx=None):
+    check_build(spec)
+    reduce = spec.get("reduce", "sum")
+    minus_ref, pmi = spec.get("minus_reference", False), spec.get("pmi", False)
     beta = float(spec.get("beta", 1.0))
-    batch_size = int(spec.get("batch_size", 16))
+    batch_size = spec.get("batch_size", 16)
     key, policy = get_policy(spec["model"])
     memo = _MEMO.setdefault(key, {})
 

@@ -15,6 +15,7 @@ No source reward can see the facts or these weights; `invented` is the property 
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -31,6 +32,7 @@ PERSONAS = {
                      distractor=1.0, per_entity=True, length_relative=True),
 }
 TEACHERS = {"expert": 0.1, "default": 0.5, "novice": 2.0}  # Bradley–Terry temperatures
+_WEIGHT_KEYS = sorted({k for w in PERSONAS.values() for k in w})  # every term a persona may weigh
 _FACTS = ("person", "role", "place", "number", "event")
 
 
@@ -60,14 +62,25 @@ class OracleJudge:
 
     def __init__(self, persona: str = "default", teacher: str | None = None, temperature: float | None = None,
                  weights: dict | None = None):
-        if persona not in PERSONAS:
+        if not isinstance(persona, str) or persona not in PERSONAS:  # a list: 'unhashable', naming no option
             raise ValueError(f"unknown oracle persona '{persona}'; known: {', '.join(PERSONAS)}")
-        if teacher is not None and teacher not in TEACHERS:
+        if teacher is not None and (not isinstance(teacher, str) or teacher not in TEACHERS):
             raise ValueError(f"unknown oracle teacher '{teacher}'; known: {', '.join(TEACHERS)}")
+        if weights is not None and not isinstance(weights, dict):
+            raise ValueError(f"oracle weights must be a mapping of term -> number, got {weights!r}")
+        # a misspelt term would be ignored and a non-number would fail at the first label, after SFT
+        unknown = sorted(set(weights or {}) - set(_WEIGHT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown oracle weight(s) {unknown}; valid: {', '.join(_WEIGHT_KEYS)}")
+        bad = {k: v for k, v in (weights or {}).items()
+               if not isinstance(v, (int, float)) or (not isinstance(v, bool) and not math.isfinite(v))}
+        if bad:
+            raise ValueError(f"oracle weights must be finite numbers (true/false for per_entity, length_relative), "
+                             f"got {bad}")
         self.weights = {**PERSONAS[persona], **(weights or {})}
         self.temperature = temperature if temperature is not None else TEACHERS[teacher or "default"]
-        if self.temperature < 0:
-            raise ValueError(f"oracle temperature must be >= 0, got {self.temperature}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):  # NaN or inf: every label a failure
+            raise ValueError(f"oracle temperature must be a finite number >= 0, got {self.temperature}")
         self.name = f"oracle[{persona},{teacher or 'default'},t={self.temperature:g}]"
 
     def utility(self, rows: list[dict], responses: list[str]) -> list[float]:

@@ -371,3 +371,209 @@ def test_a_full_disk_inside_safetensors_is_one_line(finished_run, tmp_path, caps
     assert cli(capsys, "run", recipe, *TINY, "online.iterations=2", "--force") == (
         1, "error: no space left on device writing a checkpoint; finished stages, checkpoints and labels are kept: "
            "free some space and rerun the same command to resume")
+
+
+# ------------------------------------------------------------------ the hostile-user pass (tests/hostile_pass.py)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "recipe '{p}' is a directory, not a YAML file"),
+    (b"name: caf\xe9\n", "recipe '{p}' is not UTF-8 text (byte 0xe9 at offset 9); re-save it as UTF-8"),
+    (b"", "recipe '{p}' is empty; give at least a name (python -m pipeline help lists every key)"),
+    (b"# a comment only\n", "recipe '{p}' is empty; give at least a name (python -m pipeline help lists every key)"),
+    (b"name: x\nsft:\n  steps: 2\nsft:\n  batch_size: 4\n",
+     "recipe '{p}': key 'sft' is given twice in one mapping (line 4); YAML keeps only the last, so the first would "
+     "be dropped silently: merge them into one"),
+])
+def test_hostile_recipe_files_are_one_line(tmp_path, capsys, content, message):
+    p = tmp_path / "r.yaml"
+    p.mkdir() if content is None else p.write_bytes(content)
+    assert cli(capsys, "run", str(p), f"run_dir={tmp_path / 'run'}") == (2, f"error: {message.format(p=p)}")
+    assert not (tmp_path / "run").exists()  # an empty recipe used to run the 30,000-article default
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sft.seed=-1", "'sft.seed' must be >= 0 and <= 4294967295, got -1"),
+    ("online.seed=1099511627776", "'online.seed' must be >= 0 and <= 4294967295, got 1099511627776"),
+    ("table.seeds=[-1]", "'table.seeds' must be >= 0 and <= 4294967295 and non-empty, got [-1]"),
+    ("online.beta=1e400", "'online.beta' must be a finite number, got inf"),
+    ("eval.temperature=.inf", "'eval.temperature' must be a finite number, got inf"),
+    ("online.k=1000000000000000000000000000000", "online.k + online.n_pool is 1000000000000000000000000000000: at "
+                                                 "most 16384 samples per prompt are drawn"),
+    ("name=", "'name' must not be empty"),
+    ("eval.baseline=initiall", "'eval.baseline' must be one of sft, initial, got 'initiall' (did you mean "
+                               "'initial'?)"),
+])
+def test_hostile_values_are_refused_at_load(recipe_file, tmp_path, capsys, override, message):
+    assert cli(capsys, "run", recipe_file, override) == (2, f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+DUAL = "online.selector={name: dual_active, params: %s}"
+LOWRANK = "online.selector={name: lowrank, params: %s}"
+ROUGE = "online.sources=[{name: rouge}]"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([ROUGE, DUAL % "{teachers: [{name: oracle, cost: [1]}]}"],
+     "dual_active: teacher cost must be a number > 0, got [1]"),
+    ([ROUGE, DUAL % "{teachers: [{name: oracle, params: [1]}]}"],
+     "dual_active: teacher params must be a mapping, got [1]"),
+    ([ROUGE, DUAL % "{teachers: [{name: oracle, params: {persona: grumpy}}]}"],
+     "dual_active: teacher 'oracle': unknown oracle persona 'grumpy'; known: default, facts_first, concise, cautious, "
+     "coverage"),
+    ([ROUGE, DUAL % "{persona: grumpy}"],
+     "dual_active: unknown persona 'grumpy'; known: default, facts_first, concise, cautious, coverage"),
+    ([ROUGE, LOWRANK % "{population: {default: [1]}}"],
+     "lowrank: population weights must be finite numbers >= 0 with a positive sum, got {'default': [1]}"),
+    ([ROUGE, LOWRANK % "{target: {default: .nan}}"],
+     "lowrank: target weights must be finite numbers >= 0 with a positive sum, got {'default': nan}"),
+    (["judge.params={weights: {invnted: 5}}"],
+     "judge: unknown oracle weight(s) ['invnted']; valid: distractor, event, invented, length, length_relative, "
+     "max_words, number, per_entity, person, place, role"),
+    (["judge.params={weights: {person: x}}"], "judge: oracle weights must be finite numbers (true/false for "
+                                              "per_entity, length_relative), got {'person': 'x'}"),
+    (["judge.params={temperature: .nan}"], "judge: oracle temperature must be a finite number >= 0, got nan"),
+    (["judge.params={persona: [default]}"], "judge: unknown oracle persona '['default']'; known: default, "
+                                            "facts_first, concise, cautious, coverage"),
+    (["online.sources=[{name: loglik, model: 5}]"],
+     "online.sources[0]: loglik: model must be a name or a mapping of ModelConfig fields, got int"),
+    (["online.sources=[{name: loglik, model: m, minus_reference: 'yes'}]"],
+     "online.sources[0]: loglik: minus_reference must be true or false, got 'yes'"),
+    (["online.sources=[{name: evaluate, metric: ./nope_metric.py}]"],
+     "online.sources[0]: evaluate: metric script './nope_metric.py' does not exist"),
+    (["online.sources=[{name: rouge}, {name: rouge}]"],
+     "online.sources: sources ['rouge'] appear twice; give each a distinct 'label'"),
+    (["online.sources=[{name: rouge, label: self}]", "online.n_pool=2"],
+     "online.sources[0].label must be a string other than 'self' (the no-transfer arm), got 'self'"),
+    ([ROUGE, "online.selector={name: shared, params: {encoder: /nonexistent/enc}}"],
+     "selector 'shared': encoder '/nonexistent/enc' is not a model directory (no config.json); leave it unset for "
+     "the packaged all-MiniLM-L6-v2"),
+])
+def test_hostile_options_are_refused_before_any_stage_runs(recipe_file, tmp_path, capsys, overrides, message):
+    assert cli(capsys, "run", recipe_file, "online.n_pool=2", "online.replace_num=1", *overrides) == (
+        2, f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_hostile_run_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: bad\nrun_dir: {tmp_path / 'afile' / 'run'}\n")
+    assert cli(capsys, "run", str(recipe)) == (
+        2, f"error: run_dir '{tmp_path / 'afile' / 'run'}': '{tmp_path / 'afile'}' is a file, not a directory; set "
+           "run_dir to a directory")
+
+
+def test_hostile_table_seeds_and_baseline_before_any_stage(tmp_path):
+    from pipeline.table import make_table, methods
+
+    recipe = load_recipe(None, [f"run_dir={tmp_path / 'run'}", "table.seeds=[0]", "table.aa_seed_offset=-1"])
+    with pytest.raises(ConfigError, match=r"^table.aa_seed_offset=-1 gives the A/A run training seed\(s\) \[-1\], "
+                                          r"outside 0 .. 4294967295$"):
+        methods(recipe)
+    recipe = load_recipe(None, [f"run_dir={tmp_path / 'run'}", "table.aa=false", "table.baseline=nobody"])
+    with pytest.raises(ConfigError, match=r"^table.baseline 'nobody' is not a method of the table"):
+        make_table(recipe)
+    assert not (tmp_path / "run").exists()  # not after data, SFT and the source models
+
+
+@pytest.mark.parametrize("damage, outcome", [
+    ("eval_done_garbage", 0), ("winrates_md_deleted", 0), ("stages_json_garbage", 1), ("config_yaml_garbage", 1),
+    ("metrics_json_garbage", 1), ("test_jsonl_truncated", 1),
+])
+def test_hostile_damaged_run_files_are_redone_or_one_line(finished_run, tmp_path, capsys, damage, outcome):
+    recipe, run = _copy(finished_run, tmp_path)
+    if damage == "eval_done_garbage":  # redone: the DONE marker only says which iterations eval covered
+        (run / "eval" / "DONE").write_text("{not json")
+    elif damage == "winrates_md_deleted":  # redone, instead of failing on every rerun to print it
+        (run / "eval" / "winrates.md").unlink()
+    elif damage == "stages_json_garbage":
+        (run / "stages.json").write_text("{{{")
+    elif damage == "config_yaml_garbage":
+        (run / "config.yaml").write_text("name: [unclosed\n")
+    elif damage == "metrics_json_garbage":
+        (run / "eval" / "DONE").unlink()
+        (run / "online" / "iter_1" / "metrics.json").write_text("garbage")
+    else:
+        (run / "eval" / "DONE").unlink()
+        test = run / "data" / "test.jsonl"
+        test.write_text(test.read_text()[:-40])
+    rc, line = cli(capsys, "run", recipe, *TINY)
+    assert rc == outcome
+    if damage == "test_jsonl_truncated":
+        assert line.startswith(f"error: '{run / 'data' / 'test.jsonl'}' is corrupt (Unterminated string")
+        assert line.endswith(f"; delete '{run / 'data'}' and rerun the same command to redo the data stage")
+    elif outcome == 0:
+        assert json.loads((run / "eval" / "DONE").read_text()) == {"iterations": 1}
+        assert (run / "eval" / "winrates.md").exists()
+    else:
+        assert line == {
+            "stages_json_garbage": f"error: '{run / 'stages.json'}' is corrupt; delete it and rerun (finished stages "
+                                   "are then compared with config.yaml)",
+            "config_yaml_garbage": f"error: '{run / 'config.yaml'}' is corrupt; delete it to take this recipe as the "
+                                   "run's own (stages.json still decides which finished stages it makes stale)",
+            "metrics_json_garbage": f"error: '{run / 'online' / 'iter_1' / 'metrics.json'}' is corrupt; delete "
+                                    f"'{run / 'online' / 'iter_1'}' and rerun the same command to redo iter_1 (and "
+                                    "the iterations after it)",
+        }[damage]
+
+
+def test_hostile_eval_baseline_initial_is_used_not_ignored(finished_run, tmp_path, capsys):
+    recipe, run = _copy(finished_run, tmp_path)
+    online = (run / "online" / "iter_1" / "DONE").stat().st_mtime_ns
+    assert main(["run", recipe, *TINY, "eval.baseline=initial", "--force"]) == 0
+    assert "| hard@iter1 | initial | 1 |" in (run / "eval" / "winrates.md").read_text()  # was silently vs sft
+    assert (run / "online" / "iter_1" / "DONE").stat().st_mtime_ns == online  # only eval redone
+
+
+def test_hostile_eval_utility_errors_are_one_line(finished_run, tmp_path, capsys):
+    from eval.utility import main as utility
+
+    _, run = _copy(finished_run, tmp_path)
+    sft = f"sft={run / 'sft' / 'model'}"
+
+    def err(*argv):
+        rc = utility([str(run), *argv])
+        return rc, capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert err(sft, "--prompts", "0") == (2, "error: --prompts must be >= 1")
+    assert err(sft, "--temperature", "-1") == (2, "error: --temperature must be >= 0 (0 = greedy) and finite")
+    assert err(sft, "--bt-temperature", "nan") == (2, "error: --bt-temperature must be >= 0 (0 = noise-free) and "
+                                                      "finite")
+    rc, line = err(f"x={run / 'data'}", "--prompts", "2", "--samples", "1")  # a directory that holds no model
+    assert rc == 2 and line.startswith("error: ") and "Traceback" not in line
+    for split in ("test", "eval"):  # rows without the world's facts: no utility to measure
+        p = run / "data" / f"{split}.jsonl"
+        p.write_text("".join(json.dumps({k: v for k, v in json.loads(x).items() if k != "facts"}) + "\n"
+                             for x in p.read_text().splitlines()))
+    assert err(sft, "--prompts", "2") == (2, f"error: {run}: the oracle's utility needs held-out rows with the "
+                                             "synthetic world's planted facts (data.source=synthetic)")
+    (run / "config.yaml").write_text("name: [unclosed\n")
+    rc, line = err(sft, "--prompts", "2")
+    assert rc == 2 and line.startswith(f"error: recipe '{run / 'config.yaml'}' is not valid YAML")
+
+
+def test_hostile_console_shows_warnings_only(tmp_path):
+    """absl (rouge-score) installs a basicConfig console handler at its first log line; at INFO it printed every
+    INFO line and the traceback that io_error_line logs for run.log."""
+    import logging
+
+    from pipeline.runner import setup_logging
+
+    console = logging.StreamHandler()  # what logging.basicConfig() adds
+    logging.getLogger().addHandler(console)
+    setup_logging(tmp_path)
+    assert console.level == logging.WARNING
+
+
+def test_hostile_command_lines_are_one_line(recipe_file, tmp_path, capsys):
+    from eval.world_report import main as world_report
+    from pipeline.table import main as table
+
+    assert world_report([]) == 2
+    assert capsys.readouterr().err.strip() == ("error: a recipe is required; usage: python -m eval.world_report "
+                                               "RECIPE [--force] [key=value ...]")
+    assert table([recipe_file, "--jobs", "0"]) == 2  # 0 silently meant 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --jobs must be >= 1, got 0"
+    assert not (tmp_path / "run").exists()

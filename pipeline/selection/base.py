@@ -22,6 +22,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,6 +198,10 @@ class Features:
             raise ValueError(f"features must be one of {', '.join(FEATURE_KINDS)}, got '{kind}'")
         if int(dim) < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
+        # loaded on first use, in the online stage: a missing directory would fail there, after SFT
+        if encoder and kind != "scores" and not (Path(encoder).expanduser() / "config.json").is_file():
+            raise ValueError(f"encoder '{encoder}' is not a model directory (no config.json); leave it unset for the "
+                             "packaged all-MiniLM-L6-v2")
         self.kind, self.sources, self.dim, self.encoder = kind, list(sources), int(dim), encoder
         self.reset()
 

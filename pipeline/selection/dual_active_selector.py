@@ -10,6 +10,7 @@ default teacher; teacher costs 2 / 1 / 0.5 (expert / default / novice) are infer
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +29,8 @@ from pipeline.selection.base import (
     label_budget,
 )
 from pipeline.selection.dual_active import fisher, fit_mle, lcb_scores, select_batch
-from reward_sources.oracle import TEACHERS
+from reward_sources import registry
+from reward_sources.oracle import PERSONAS, TEACHERS
 
 DEFAULT_COSTS = {"expert": 2.0, "default": 1.0, "novice": 0.5}  # inferred: an expert costs more
 
@@ -71,6 +73,8 @@ class DualActiveSelector(LoopSelector):
             if spec not in TEACHERS:
                 raise ValueError(f"dual_active: unknown teacher '{spec}' (oracle teachers: {', '.join(TEACHERS)}; "
                                  "or a mapping {label, name, params, cost})")
+            if persona not in PERSONAS:  # else unknown only when the first label is asked, after SFT
+                raise ValueError(f"dual_active: unknown persona '{persona}'; known: {', '.join(PERSONAS)}")
             return {"label": spec, "name": "oracle", "params": {"teacher": spec, "persona": persona},
                     "cost": DEFAULT_COSTS.get(spec, 1.0)}
         if not isinstance(spec, dict) or "name" not in spec:
@@ -78,11 +82,22 @@ class DualActiveSelector(LoopSelector):
         extra = set(spec) - {"label", "name", "params", "cost"}
         if extra:
             raise ValueError(f"dual_active: unknown teacher key(s) {sorted(extra)}; valid: cost, label, name, params")
-        cost = float(spec.get("cost", 1.0))
-        if cost <= 0:
-            raise ValueError(f"dual_active: teacher cost must be > 0, got {cost}")
-        return {"label": spec.get("label", spec["name"]), "name": spec["name"], "params": dict(spec.get("params", {})),
-                "cost": cost}
+        cost = spec.get("cost", 1.0)
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 < cost < math.inf:
+            raise ValueError(f"dual_active: teacher cost must be a number > 0, got {cost!r}")
+        params = spec.get("params", {})
+        if not isinstance(params, dict):
+            raise ValueError(f"dual_active: teacher params must be a mapping, got {params!r}")
+        registry.check_name("judge", spec["name"])
+        if spec["name"] == "oracle":  # pure Python and cheap: its options fail now, not at the first label after SFT
+            try:
+                build_judge("oracle", params)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"dual_active: teacher {spec.get('label', spec['name'])!r}: {e}") from None
+        else:  # built on first use (it may load a model): its secrets at least are refused now
+            registry.check_no_secrets("dual_active teacher", params)
+        return {"label": spec.get("label", spec["name"]), "name": spec["name"], "params": dict(params),
+                "cost": float(cost)}
 
     def label(self, ctx: LabelContext):
         if self._judges is None:

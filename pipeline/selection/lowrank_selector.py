@@ -8,6 +8,7 @@ by default, what no transfer pays.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -59,8 +60,10 @@ class LowRankSelector(LoopSelector):
             bad = [p for p in dist if p not in PERSONAS]
             if bad:
                 raise ValueError(f"lowrank: unknown persona(s) {bad} in {what}; known: {', '.join(PERSONAS)}")
-            if any(float(w) < 0 for w in dist.values()) or sum(map(float, dist.values())) <= 0:
-                raise ValueError(f"lowrank: {what} weights must be >= 0 with a positive sum, got {dist}")
+            numbers = all(not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w)
+                          for w in dist.values())  # a list or NaN weight: a traceback or NaN scores otherwise
+            if not numbers or any(w < 0 for w in dist.values()) or sum(dist.values()) <= 0:
+                raise ValueError(f"lowrank: {what} weights must be finite numbers >= 0 with a positive sum, got {dist}")
         if o.teacher not in TEACHERS:
             raise ValueError(f"lowrank: unknown teacher '{o.teacher}'; known: {', '.join(TEACHERS)}")
         self.contexts = sorted(set(population) | set(target))
