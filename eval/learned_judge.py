@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from eval.agreement_metrics import agreement, pair_counts, paired_difference, ra
 from eval.agreement_report import fmt
 from eval.judgments import TRAINING_RECORD, AgreementError, doc_groups, document_key, document_keys, load_judgments
 from eval.scoring import CHEAP_SCORERS, resolve_scorers, run_source
+from pipeline.durable import file_sha256
 from reward_sources.judge_input import FORMAT, format_pairs
 
 
@@ -332,21 +332,14 @@ def loso(trainer: Trainer, rows, baselines: dict, best: str, n_folds: int, n_boo
 # ---------------------------------------------------------------------------- report and checkpoint
 
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_judge(net, tok, out: Path, rows, judgments: str, opts: Options, record_extra: dict) -> Path:
     model_dir = out / "model"
     net.config.judge_input = FORMAT
     tok.model_max_length = opts.max_length  # the reward_model scorer's max_length defaults to it
     net.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    record = {"judgments": Path(judgments).name, "judgments_sha1": file_digest(judgments), "n_summaries": len(rows),
+    record = {"judgments": Path(judgments).name, "judgments_sha256": file_sha256(Path(judgments)),
+              "n_summaries": len(rows),
               "n_documents": len(doc_groups(rows)), "systems": sorted({r["system"] for r in rows}),
               "input": FORMAT, "options": asdict(opts),
               **record_extra, "documents": sorted(document_keys(rows))}

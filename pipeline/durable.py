@@ -83,7 +83,7 @@ def clear_stale(path: str | Path) -> None:
                 break
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -96,7 +96,7 @@ def write_manifest(d: str | Path, paths: list[Path]) -> None:
     d = Path(d)
     files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
     atomic_write_text(d / MANIFEST, json.dumps(
-        {str(f.relative_to(d)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in files}, indent=1))
+        {str(f.relative_to(d)): {"size": f.stat().st_size, "sha256": file_sha256(f)} for f in files}, indent=1))
 
 
 def verify_manifest(d: str | Path, recover: str) -> bool:
@@ -113,7 +113,7 @@ def verify_manifest(d: str | Path, recover: str) -> bool:
         f = d / rel
         what = ("is missing" if not f.is_file() else
                 f"has {f.stat().st_size} bytes, {want['size']} when written" if f.stat().st_size != want["size"] else
-                "changed since it was written (checksum mismatch)" if _sha256(f) != want["sha256"] else None)
+                "changed since it was written (checksum mismatch)" if file_sha256(f) != want["sha256"] else None)
         if what:
             raise StateError(f"'{f}' {what}; {recover}")
     return True

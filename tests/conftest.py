@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,12 +70,10 @@ TINY_OVERRIDES = ["data.n_examples=80", "data.eval_size=8", "data.test_size=8", 
                   "online.batch_size=4"]
 
 
-def tiny_run_recipe(header: str, name: str, **sections) -> str:
-    """YAML of the tiny end-to-end run that subprocess tests launch (synthetic world, shape:t5-tiny, 3 SFT steps,
-    2 online iterations of 8 prompts with a rouge arm under UCB, eval on a few prompts): a few seconds of
-    work per stage. Each keyword replaces keys of that section (or sets a whole section, e.g. judge)."""
-    import yaml
-
+def tiny_recipe(name: str = "tiny", **sections) -> dict:
+    """The tiny end-to-end run that subprocess tests launch (synthetic world, shape:t5-tiny, 3 SFT steps, 2 online
+    iterations of 8 prompts with a rouge arm under UCB, eval on a few prompts): a few seconds of work per stage.
+    Each keyword replaces keys of that section (or sets a section that is not a mapping here, e.g. a whole judge)."""
     recipe = {
         "name": name, "run_dir": "run",
         "data": {"n_examples": 80, "eval_size": 8, "test_size": 8},
@@ -88,6 +87,13 @@ def tiny_run_recipe(header: str, name: str, **sections) -> str:
         "eval": {"n_prompts": 4, "seeds": [0], "max_new_tokens": 8},
     }
     for section, value in sections.items():
-        recipe[section] = {**recipe[section], **value} if section != "judge" else value
+        recipe[section] = ({**recipe[section], **value} if section != "judge" and isinstance(recipe.get(section), dict)
+                           else value)
+    return recipe
+
+
+def tiny_run_recipe(header: str, name: str, **sections) -> str:
+    """tiny_recipe as YAML, its first line the command that runs it."""
+    recipe = tiny_recipe(name, **sections)
     return f"# {header}\n" + yaml.safe_dump(recipe, sort_keys=False)
 

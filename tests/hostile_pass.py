@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from conftest import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -38,20 +39,13 @@ ERROR_LINE = re.compile(r"^(error: |python -m [\w. ]+: error: )")
 
 
 def tiny(**sections) -> dict:
-    """The tiny end-to-end recipe (tests/conftest.py tiny_run_recipe, smaller): seconds per stage."""
-    recipe = {
-        "name": "hostile", "run_dir": "run",
-        "data": {"n_examples": 60, "eval_size": 6, "test_size": 6},
-        "policy": {"name": "shape:t5-tiny"},
-        "sft": {"steps": 2, "batch_size": 8, "eval_examples": 0},
-        "judge": {"name": "oracle"},
-        "online": {"iterations": 1, "prompts_per_iteration": 4, "k": 3, "n_pool": 2, "replace_num": 1,
-                   "max_new_tokens": 6, "gen_batch_size": 16, "epochs": 1, "batch_size": 4, "warmup": 0,
-                   "lr": 0.003, "sources": [{"name": "rouge"}],
-                   "selector": {"name": "ucb", "params": {"block_size": 2}}},
-        "eval": {"n_prompts": 4, "seeds": [0], "max_new_tokens": 6},
-        "tracking": {"report_to": ["none"]},
-    }
+    """conftest's tiny recipe, smaller still: seconds per stage, no event files."""
+    small = {"data": {"n_examples": 60, "eval_size": 6, "test_size": 6},
+             "sft": {"steps": 2, "eval_examples": 0},
+             "online": {"iterations": 1, "prompts_per_iteration": 4, "max_new_tokens": 6, "epochs": 1},
+             "eval": {"max_new_tokens": 6}, "tracking": {"report_to": ["none"]}}
+    recipe = tiny_recipe("hostile", **{k: v for k, v in small.items() if k != "tracking"})
+    recipe["tracking"] = small["tracking"]
     for section, value in sections.items():
         recipe[section] = {**recipe[section], **value} if isinstance(recipe.get(section), dict) else value
     return recipe

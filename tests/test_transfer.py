@@ -105,9 +105,9 @@ def test_selection_stage_option_errors():
                        match=r"unknown option\(s\) \['budgt'\] for selector 'lowrank'.*did you mean 'budget'"):
         build_selector("lowrank", {"budgt": 4}, ["rouge"], 0)
     bad = [("lowrank", {"population": {"grumpy": 1}}, "unknown persona"),
-           ("lowrank", {"target": {"default": -1}}, "weights must be >= 0"),
+           ("lowrank", {"target": {"default": -1}}, "weights must be finite numbers >= 0"),
            ("dual_active", {"teachers": ["guru"]}, "unknown teacher 'guru'"),
-           ("dual_active", {"teachers": [{"name": "oracle", "cost": 0}]}, "cost must be > 0"),
+           ("dual_active", {"teachers": [{"name": "oracle", "cost": 0}]}, "cost must be a number > 0"),
            ("dual_active", {"budget": -1}, r"selector 'dual_active': 'online.selector.params.budget' must be >= 0"),
            ("relevance", {"source_budget": 0}, r"'online.selector.params.source_budget' must be > 0 and <= 1, got 0"),
            ("relevance", {"block_size": 0}, r"'online.selector.params.block_size' must be >= 1"),

@@ -23,10 +23,11 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.config import f
 from pipeline.labels import count_answers, label_responses
 from reward_sources import registry
 from reward_sources.bertscore import minilm_dir
@@ -53,6 +54,24 @@ class LabelContext:
 @dataclass
 class NoOptions:
     """A selector without options."""
+
+
+@dataclass
+class EncoderOptions:
+    """Options of a stage that featurises candidates with the sentence encoder."""
+
+    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
+    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
+
+
+@dataclass
+class FeatureOptions(EncoderOptions):
+    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
+
+
+@dataclass
+class ArmOption:
+    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
 
 
 class Selector:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from pipeline.config import f
 from pipeline.selection.base import (
-    SELF,
+    ArmOption,
+    FeatureOptions,
     LabelContext,
     LoopSelector,
     ask_pairs,
@@ -36,19 +37,15 @@ DEFAULT_COSTS = {"expert": 2.0, "default": 1.0, "novice": 0.5}  # inferred: an e
 
 
 @dataclass
-class DualActiveOptions:
+class DualActiveOptions(FeatureOptions, ArmOption):
     teachers: list[Any] | None = f(None, "oracle teacher names, or mappings {label, name, params, cost} of any "
                                          "judge (None = expert, default, novice)")
     persona: str = f("default", "persona of the oracle teachers")
     budget: float | None = f(None, ge=0, help="cost units per prompt (None = online.k, what no transfer pays)")
     batch: int = f(32, ge=1, help="pairs per D-optimal batch between refits")
     warmup: int | None = f(None, ge=0, help="random warm-up queries, teachers in turn (None = 4 per teacher)")
-    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
-    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
     gamma: float = f(1.0, ge=0, help="width of the lower confidence bound of the scores")
     lam: float = f(1e-2, gt=0, help="ridge term of the Fisher information")
-    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
-    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
 
 
 class DualActiveSelector(LoopSelector):

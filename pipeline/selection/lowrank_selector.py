@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from pipeline.config import f
 from pipeline.selection.base import (
-    SELF,
+    ArmOption,
+    FeatureOptions,
     LabelContext,
     LoopSelector,
     ask_pairs,
@@ -31,17 +31,13 @@ from reward_sources.oracle import PERSONAS, TEACHERS
 
 
 @dataclass
-class LowRankOptions:
+class LowRankOptions(FeatureOptions, ArmOption):
     population: dict | None = f(None, "persona -> weight of the annotators who label (None = every persona, equal)")
     target: dict | None = f(None, "persona -> weight the policy should please (None = {default: 1})")
     teacher: str = f("default", "oracle teacher (noise level) of every annotator")
     rank: int = f(2, ge=1, help="rank r of the contextual reward Θ = PQᵀ")
     budget: float | None = f(None, ge=0, help="pairwise queries per prompt (None = online.k, what no transfer pays)")
-    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
-    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
     gamma: float = f(1.0, ge=0, help="width of the PRS lower bound")
-    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
-    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
 
 
 class LowRankSelector(LoopSelector):

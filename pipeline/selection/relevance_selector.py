@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from pipeline.config import f
 from pipeline.selection.bandit import UCB, UCBOptions
-from pipeline.selection.base import SELF, LabelContext, LoopSelector, blas_threads, candidate_pairs
+from pipeline.selection.base import SELF, FeatureOptions, LabelContext, LoopSelector, blas_threads, candidate_pairs
 from pipeline.selection.relevance import allocate_budget, estimate_relevance, split_budget
 
 COMPOSITE = "composite"
 
 
 @dataclass
-class RelevanceOptions:
+class RelevanceOptions(FeatureOptions):
     block_size: int = f(16, ge=1,
                         help="prompts per block; the pilot is the first pilot_blocks blocks of each iteration")
     pilot_blocks: int = f(1, ge=1, help="blocks of each iteration spent on the pilot (self arm, every source scores)")
     rank: int | None = f(None, ge=1, help="rank of the shared source representation (None = min(sources, 3))")
-    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
-    features: Literal["scores", "encoder", "both"] = f("both", "candidate features: scores | encoder | both")
     floor: float = f(0.05, ge=0, le=1, help="least share of the scoring budget any source keeps")
     source_budget: float = f(1.0, gt=0, le=1, help="share (0, 1] of all sources x pools that is scored after the pilot")
     repilot: bool = f(True, "refit relevance every iteration (false: keep the first iteration's fit)")
@@ -44,7 +41,6 @@ class RelevanceOptions:
     lam_scale: float = f(0.5, gt=0,
                          help="Lasso penalty λ = lam_scale·sqrt(rank / judge pairs) (inferred: the noise of ŵ_T)")
     max_pairs: int = f(2000, ge=1, help="most source pairs per source used to fit the representation")
-    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
 
 
 def capped_split(total: int, fractions: np.ndarray, cap: int) -> list[int]:

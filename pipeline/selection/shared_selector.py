@@ -18,13 +18,20 @@ import numpy as np
 import torch
 
 from pipeline.config import f
-from pipeline.selection.base import SELF, LabelContext, LoopSelector, blas_threads, candidate_pairs, standardised_scores
+from pipeline.selection.base import (
+    ArmOption,
+    EncoderOptions,
+    LabelContext,
+    LoopSelector,
+    blas_threads,
+    candidate_pairs,
+    standardised_scores,
+)
 from pipeline.selection.shared import SharedRewardModel, TaskData, train
 
 
 @dataclass
-class SharedOptions:
-    dim: int = f(32, ge=1, help="encoder feature components kept after PCA")
+class SharedOptions(EncoderOptions, ArmOption):
     hidden: int = f(64, ge=1, help="width of the shared trunk")
     rep_dim: int = f(8, ge=1, help="dimension of the shared representation")
     steps: int = f(300, ge=1, help="training steps of the multi-task model per iteration and fold")
@@ -32,8 +39,6 @@ class SharedOptions:
     lr: float = f(3e-3, gt=0, help="Adam learning rate")
     adapter: Literal["affine", "linear"] = f("affine", "per-task input adapter")
     folds: int = f(2, ge=1, help="cross-fitting folds (a prompt is scored by a model trained without its judge labels)")
-    arm: str = f(SELF, "a source to Best-of-N transfer from as well ('self' = none)")
-    encoder: str | None = f(None, "sentence encoder directory (None = the packaged all-MiniLM-L6-v2)")
 
 
 class SharedSelector(LoopSelector):
