@@ -1,12 +1,12 @@
 """The scorers eval.agreement knows by name, and scoring every summary with one in this process."""
 from __future__ import annotations
 
-import difflib
 import itertools
 
 import numpy as np
 
 from eval.judgments import AgreementError, doc_groups
+from pipeline.config import closest
 
 SMOL = {"name": "gguf:smollm2", "max_input_tokens": 512}
 
@@ -46,8 +46,8 @@ def resolve_scorers(names: list[str], recipe_path: str | None) -> list[tuple[str
         elif name in BUILTIN:
             out.append((name,) + BUILTIN[name])
         else:
-            close = difflib.get_close_matches(name, list(BUILTIN), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            close = closest(name, BUILTIN)
+            hint = f" Did you mean '{close}'?" if close else ""
             raise AgreementError(f"unknown scorer '{name}'; known: {', '.join(BUILTIN)}, python:module:callable, "
                                  f"learned:CHECKPOINT_DIR.{hint}")
     if recipe_path:

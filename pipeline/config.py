@@ -266,9 +266,15 @@ def _field_names(cls) -> list[str]:
     return [fl.name for fl in dataclasses.fields(cls)]
 
 
+def closest(name, known) -> str | None:
+    """The known name a mistyped one most likely meant (None when nothing is close): every "did you mean" hint."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    close = closest(key.rsplit(".", 1)[-1], valid)
+    hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key '{where}{key}'{hint}")
 
 
@@ -291,8 +297,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"'{key}' may not be null")
     if origin is Literal:
         if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            close = closest(value, args)
+            hint = f" (did you mean '{close}'?)" if close else ""
             raise ConfigError(f"'{key}' must be one of {', '.join(map(str, args))}, got '{value}'{hint}")
         return value
     if dataclasses.is_dataclass(tp):

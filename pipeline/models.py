@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import difflib
 import hashlib
 import importlib.util
 import json
@@ -42,7 +41,7 @@ from transformers import (
 )
 
 from pipeline import distributed
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, closest
 from pipeline.durable import clear_stale, crash_point
 
 
@@ -574,8 +573,8 @@ def _resolve(name: str) -> tuple[str, str | Path]:
 def _build_shape(cfg: ModelConfig, tok, seed: int):
     shape = cfg.name.split(":", 1)[1]
     if shape not in SHAPES:
-        close = difflib.get_close_matches(shape, list(SHAPES), n=1)
-        hint = f"; did you mean 'shape:{close[0]}'?" if close else ""
+        close = closest(shape, SHAPES)
+        hint = f"; did you mean 'shape:{close}'?" if close else ""
         raise ModelError(f"unknown shape '{shape}'; known shapes: {', '.join(SHAPES)}{hint}")
     family, dims = SHAPES[shape]
     vocab = cfg.vocab_size or len(tok)

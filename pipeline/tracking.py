@@ -19,7 +19,6 @@ W&B keeps what it was sent: there a resumed iteration's points appear again at t
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from pipeline import distributed
-from pipeline.config import ConfigError, TrackingConfig, load_recipe
+from pipeline.config import ConfigError, TrackingConfig, closest, load_recipe
 from pipeline.data import load_split
 from pipeline.durable import atomic_write_text
 from pipeline.models import load_policy
@@ -49,8 +48,8 @@ def check(cfg: TrackingConfig) -> list[str]:
     """The backends asked for, each name checked; `none` alone turns logging off."""
     for name in cfg.report_to:
         if name not in BACKENDS:
-            close = difflib.get_close_matches(str(name), BACKENDS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(name, BACKENDS)
+            hint = f"; did you mean '{close}'?" if close else ""
             raise ConfigError(f"tracking.report_to: unknown '{name}' (known: {', '.join(BACKENDS)}){hint}")
     if "none" in cfg.report_to and len(cfg.report_to) > 1:
         raise ConfigError(f"tracking.report_to: 'none' turns logging off and cannot be combined ({cfg.report_to})")

@@ -12,12 +12,13 @@ Contracts (the protocols and declared capabilities are in reward_sources/contrac
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.config import closest
 
 SOURCES = {
     "rouge": "reward_sources.rouge:build",
@@ -63,8 +64,8 @@ def check_name(kind: str, name) -> None:
     """Fail on an unknown source/judge name without importing anything (the CLI checks before any stage runs)."""
     table = {"source": SOURCES, "judge": JUDGES}[kind]
     if not isinstance(name, str) or name not in table:
-        close = difflib.get_close_matches(str(name), list(table), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = closest(name, table)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise RegistryError(f"unknown {kind} '{name}'; known: {', '.join(sorted(table))}.{hint}")
 
 

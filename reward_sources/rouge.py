@@ -13,8 +13,9 @@ This module also holds `check_spec`, the strict spec check every source and judg
 """
 from __future__ import annotations
 
-import difflib
 import re
+
+from pipeline.config import closest
 
 VARIANTS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
@@ -25,8 +26,8 @@ def check_spec(spec: dict, valid: set[str] | list[str], who: str) -> None:
     allowed = sorted(set(valid) | {"name"})
     for key in spec:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            close = closest(key, allowed)
+            hint = f" Did you mean '{close}'?" if close else ""
             raise ValueError(f"{who}: unknown option '{key}'; valid: {', '.join(allowed)}.{hint}")
 
 

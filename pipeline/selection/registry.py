@@ -8,10 +8,9 @@ instance of its `Options` dataclass filled from the recipe's params (typed, stri
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 
-from pipeline.config import ConfigError, build_options, describe
+from pipeline.config import ConfigError, build_options, closest, describe
 
 SELECTORS = {
     "none": "pipeline.selection.bandit:NoTransfer",
@@ -35,8 +34,8 @@ def default_self_win(k: int, replace_num: int) -> float:
 
 def selector_class(name):
     if not isinstance(name, str) or name not in SELECTORS:
-        close = difflib.get_close_matches(str(name), list(SELECTORS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        close = closest(name, SELECTORS)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise ValueError(f"unknown selector '{name}'; known: {', '.join(SELECTORS)}.{hint}")
     module, attr = SELECTORS[name].split(":")
     return getattr(importlib.import_module(module), attr)
@@ -50,8 +49,8 @@ def parse_options(name: str, params):
     valid = sorted(fl.name for fl in dataclasses.fields(cls.Options))
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(unknown[0], valid)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise ValueError(f"unknown option(s) {unknown} for selector '{name}'; valid: {valid}{hint}")
     try:
         return build_options(cls.Options, params, "online.selector.params.")
