@@ -155,7 +155,8 @@ class JudgeConfig:
 @dataclass
 class SelectorConfig:
     name: str = f("none", "which source to transfer from, or which labels to ask: none | fixed | ucb | relevance | "
-                          "dual_active | lowrank | shared (docs/algorithms.md; pipeline/selection/registry.py)")
+                          "dual_active | lowrank | shared | ensemble | linucb (docs/algorithms.md; "
+                          "pipeline/selection/registry.py)")
     params: dict = f({}, "the selector's options, typed per selector (`python -m pipeline help` lists them)")
 
 

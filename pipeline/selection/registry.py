@@ -33,6 +33,7 @@ def default_self_win(k: int, replace_num: int) -> float:
 
 
 def selector_class(name):
+    """The class registered under `name` (its module imported now); an unknown name fails with a did-you-mean."""
     if not isinstance(name, str) or name not in SELECTORS:
         close = closest(name, SELECTORS)
         hint = f" Did you mean '{close}'?" if close else ""
