@@ -66,3 +66,17 @@ def test_a_toy_selector_is_one_file_and_one_line(toy_registered, tmp_path):
     with open(out / "online" / "iter_1" / "arms.csv", newline="") as fh:
         arms = [r["arm"] for r in csv.DictReader(fh)]
     assert arms == ["rouge", "self", "rouge", "self"]  # 16 prompts in blocks of 4, alternating
+
+
+def test_config_help_names_every_registered_selector_and_judge():
+    """The help strings of online.selector.name and judge.name list what the registries hold (no drift)."""
+    import dataclasses
+
+    from pipeline.config import JudgeConfig, SelectorConfig
+    from reward_sources.registry import JUDGES
+
+    def help_of(cls):
+        return next(fl.metadata["help"] for fl in dataclasses.fields(cls) if fl.name == "name")
+
+    assert all(name in help_of(SelectorConfig) for name in registry.SELECTORS)
+    assert all(name in help_of(JudgeConfig) for name in JUDGES)
