@@ -84,10 +84,14 @@ def fingerprint(config: dict, stage: str) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _stage_dirs(stage: str) -> str:
+    """Glob of the directories that hold a stage's DONE markers (each source model's, each online iteration's)."""
+    return {"sources": "sources/*", "online": "online/**"}.get(stage, stage)
+
+
 def _finished(out: Path, stage: str) -> bool:
     """Whether any output of `stage` is marked finished (an online iteration counts)."""
-    pattern = {"sources": "sources/*/DONE", "online": "online/**/DONE"}.get(stage, f"{stage}/DONE")
-    return any(out.glob(pattern))
+    return any(out.glob(f"{_stage_dirs(stage)}/DONE"))
 
 
 def _recorded(out: Path) -> dict:
@@ -121,8 +125,7 @@ def _invalidate(out: Path, stages: list[str]) -> None:
     """Remove the DONE markers (and checksum manifests) of `stages`, so that they are redone; their outputs are
     overwritten then, and labels already paid for are read back from the store where the queries are the same."""
     for stage in stages:
-        pattern = {"sources": "sources/*", "online": "online/**"}.get(stage, stage)
-        for d in [out / stage] + [p for p in out.glob(pattern) if p.is_dir()]:
+        for d in [out / stage] + [p for p in out.glob(_stage_dirs(stage)) if p.is_dir()]:
             for name in ("DONE", MANIFEST):
                 (d / name).unlink(missing_ok=True)
         if stage == "data":  # trained on the old train split, and reused whenever it exists
@@ -183,14 +186,15 @@ def verify(d: Path, redo: str) -> None:
 def check_label_count(out: Path, store: LabelStore) -> None:
     """A store holding fewer labels than a finished iteration recorded was replaced or truncated: refused, so that
     paid labels never silently vanish (an empty file opens as a new store)."""
+    have = store.count()  # one COUNT(*) over the store, not one per finished iteration
     for it in sorted(out.glob("online/iter_*/DONE")):
         try:
             want = json.loads((it.parent / "metrics.json").read_text()).get("labels_spent_total", 0)
         except (ValueError, UnicodeDecodeError, AttributeError):  # written atomically: edited or damaged by hand
             raise StateError(f"'{it.parent / 'metrics.json'}' is corrupt; delete '{it.parent}' and rerun the same "
                              f"command to redo {it.parent.name} (and the iterations after it)") from None
-        if store.count() < want:
-            raise StateError(f"label store '{store.path}' holds {store.count()} labels, but {it.parent.name} finished "
+        if have < want:
+            raise StateError(f"label store '{store.path}' holds {have} labels, but {it.parent.name} finished "
                              f"with {want}: it was replaced or truncated; restore it from a backup (or delete "
                              f"{out / 'online'} to redo every iteration, asking every label again)")
 
@@ -207,6 +211,12 @@ def _done_info(stage_dir: Path) -> dict:
     except (ValueError, UnicodeDecodeError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def online_finished(d: Path, iterations: int) -> bool:
+    """An online stage directory (a run's, or a table run's) is done only if every iteration asked for is:
+    raising online.iterations (with --force) continues the run."""
+    return _done(d) and all(_done(d / f"iter_{t}") for t in range(1, iterations + 1))
 
 
 def _mark(stage_dir: Path, info: dict | None = None) -> None:
@@ -346,8 +356,7 @@ def build_scorers(recipe: Recipe) -> dict:
 
 def stage_online(recipe: Recipe) -> None:
     d = recipe.out / "online"
-    # Done only if every iteration asked for is: raising online.iterations (with --force) continues the run.
-    if _done(d) and all(_done(d / f"iter_{t}") for t in range(1, recipe.online.iterations + 1)):
+    if online_finished(d, recipe.online.iterations):
         return
     seed_everything(recipe.online.seed)
     if distributed.is_main():

@@ -56,6 +56,7 @@ from pipeline.runner import (
     build_scorers,
     configure_threads,
     load_split,
+    online_finished,
     policy_config,
     run,
     seed_everything,
@@ -116,12 +117,6 @@ def run_dir(recipe: Recipe, method: str, seed: int) -> Path:
     return recipe.out / "methods" / method / f"seed{seed}"
 
 
-def _trained(recipe: Recipe, out: Path) -> bool:
-    # every iteration asked for: raising online.iterations (with --force) continues the runs
-    return (out / "online" / "DONE").exists() and all(
-        (out / "online" / f"iter_{t}" / "DONE").exists() for t in range(1, recipe.online.iterations + 1))
-
-
 def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, training_seed: int,
               judge=None, scorers: dict | None = None) -> None:
     """One (method, seed) online run, resumed from its DONE markers. A worker process builds its own judge and
@@ -147,7 +142,8 @@ def train_all(recipe: Recipe, judge, scorers: dict, jobs: int = 1) -> None:
     here = (judge, scorers) if jobs <= 1 else ()  # a worker process builds its own
     execute([(f"online run {label} seed {seed}", train_one, (recipe, label, sel, seed, training_seed, *here))
              for label, sel, seed, training_seed in runs(recipe)
-             if not _trained(recipe, run_dir(recipe, label, seed))], jobs, recipe.out)
+             if not online_finished(run_dir(recipe, label, seed) / "online", recipe.online.iterations)],
+            jobs, recipe.out)
 
 
 def _worker(fn, args: tuple, log_dir: Path) -> str | None:
@@ -231,11 +227,13 @@ def sample_all(recipe: Recipe, rows: list[dict], samples: int, jobs: int = 1) ->
     keys = [(label, seed, t) for label, _ in all_methods(recipe) for seed in recipe.table.seeds
             for t in range(1, recipe.online.iterations + 1)]
     get = lambda k: _cached(_cache(recipe, *k, len(rows), samples), _draw_key(recipe, rows, k[1]))
-    todo = list(dict.fromkeys((label, seed) for label, seed, t in keys if get((label, seed, t)) is None))
+    drawn = {k: get(k) for k in keys}
+    todo = list(dict.fromkeys((label, seed) for (label, seed, _), v in drawn.items() if v is None))
     tasks = [(f"sampling {label} seed {seed}", sample_run, (recipe, label, seed, len(rows), samples))
              for label, seed in todo]
     execute(tasks, jobs, recipe.out)
-    return {k: get(k) for k in keys}
+    # only the caches just drawn are read again: the others were read above (large files, one per checkpoint)
+    return {k: get(k) if v is None else v for k, v in drawn.items()}
 
 
 def pairings(recipe: Recipe) -> list[tuple[str, str]]:
@@ -428,10 +426,7 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     t0 = time.time()
     jobs = recipe.table.jobs if jobs is None else jobs
     methods(recipe)  # a wrong method name or option fails before any stage runs
-    tc = recipe.table
-    if min(tc.n_prompts, tc.utility_prompts, tc.utility_samples, recipe.eval.samples_per_prompt) < 1:
-        raise ConfigError("table.n_prompts, table.utility_prompts, table.utility_samples and "
-                          "eval.samples_per_prompt must be >= 1")
+    tc = recipe.table  # its sizes' ranges (>= 1) were checked when the recipe was loaded
     if (recipe.eval.judge or recipe.judge).name == "oracle":  # it knows the utility: before any stage, not after
         headline_baseline(recipe)
     run(recipe, until="sources", force=force)

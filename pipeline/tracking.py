@@ -82,16 +82,23 @@ class Tracker:
         self.wandb = _open_wandb(root, self.stage) if "wandb" in backends else None
         self._writer = None
         self._step = self._block = 0  # the next online step / block is offset + 1
+        self._next_iteration = 1  # the iteration whose offsets _step and _block hold (carried from the last one)
+        self._sample_rows: list[dict] | None = None  # the logged test prompts and SFT's samples, drawn once
         self._sft_samples: list[str] | None = None
 
     # ------------------------------------------------------------------ segments (one event file each)
     def begin(self, iteration: int | None = None) -> None:
         """Open the event file of the SFT stage (iteration None) or of online iteration `iteration`, deleting what
         an attempt killed before its DONE marker left of them."""
-        if iteration is not None and (self.tensorboard or self.wandb is not None):
+        # Read from the finished iterations' files only when this tracker did not log the previous iteration
+        # itself (a resumed run); otherwise train_step and iteration() have already counted up to here.
+        if (iteration is not None and iteration != self._next_iteration
+                and (self.tensorboard or self.wandb is not None)):
             self._step = sum(json.loads((self.out_dir / f"iter_{u}" / "metrics.json").read_text())["steps"]
                              for u in range(1, iteration))
             self._block = sum(_count_rows(self.out_dir / f"iter_{u}" / "arms.csv") for u in range(1, iteration))
+        if iteration is not None:
+            self._next_iteration = iteration + 1
         if not self.tensorboard:
             return
         self.end()
@@ -158,7 +165,9 @@ class Tracker:
         their reference, SFT's summary and iteration t's, drawn with the same noise."""
         if self.cfg.sample_prompts <= 0 or self.root is None:
             return
-        rows = load_split(self.root / "data", "test")[: self.cfg.sample_prompts]
+        if self._sample_rows is None:
+            self._sample_rows = load_split(self.root / "data", "test")[: self.cfg.sample_prompts]
+        rows = self._sample_rows
         if not rows:
             return
         if self._sft_samples is None:
