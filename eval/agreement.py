@@ -117,7 +117,7 @@ def score_one(label, what, reg_name, spec, rows, jobs, args):
     except ValueError as e:  # sources, judges and models raise one-line ValueErrors for user mistakes
         return str(e)
     # model work ran in the background since submission: its wall time, not the wait for it here
-    seconds = max([job.seconds for job in jobs or []], default=0.0) if jobs else time.time() - t0
+    seconds = max(job.seconds for job in jobs) if jobs else time.time() - t0
     res = agreement(rows, scores, outcomes, args.bootstrap, args.seed)
     res.update(scorer=label, seconds=seconds)
     return res, scores, raw

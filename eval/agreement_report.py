@@ -71,6 +71,15 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_scores(path: Path, rows: list[dict], columns: dict) -> None:
+    """Per-summary scores by scorer: ids, systems and human scores only (the data's text is never copied)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "system", "human_score"] + list(columns))
+        for i, r in enumerate(rows):
+            w.writerow([r["id"], r["system"], r["human_score"]] + [fmt(columns[c][i], 6) for c in columns])
+
+
 def write_outputs(args, out, rows, skipped, exclude, results, columns, raw_all, failed, threads, workers, model_cpu,
                   t_all):
     n_docs = len(doc_groups(rows))
@@ -79,11 +88,7 @@ def write_outputs(args, out, rows, skipped, exclude, results, columns, raw_all, 
         w.writeheader()
         w.writerows({**r, "status": "ok", "na_reasons": na_reasons(r)} for r in results)
         w.writerows({"scorer": label, "status": f"failed: {reason}"} for label, reason in failed)
-    with (out / "scores.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "system", "human_score"] + list(columns))
-        for i, r in enumerate(rows):
-            w.writerow([r["id"], r["system"], r["human_score"]] + [fmt(columns[c][i], 6) for c in columns])
+    write_scores(out / "scores.csv", rows, columns)
     if raw_all:
         (out / "judge_raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raw_all), encoding="utf-8")
     systems = sorted({r["system"] for r in rows})
@@ -111,4 +116,3 @@ def write_outputs(args, out, rows, skipped, exclude, results, columns, raw_all, 
     plot(results, out / "agreement.png")
     print(md)
     print(f"wrote {out}/agreement.md, agreement.csv, agreement.png, scores.csv", file=sys.stderr)
-    return results, failed

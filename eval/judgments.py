@@ -29,6 +29,11 @@ def document_keys(rows: list[dict]) -> set[str]:
     return {r["id"] for r in rows} | {"text:" + document_key(r["document"]) for r in rows}
 
 
+def shares_document(row: dict, keys) -> bool:
+    """Whether the row's document is among document_keys() `keys` (by id or by text)."""
+    return str(row["id"]) in keys or "text:" + document_key(row["document"]) in keys
+
+
 def parse_columns(text: str) -> dict[str, str]:
     """{our column: the file's column} from 'reference=reference_tok,...'."""
     out = {}
@@ -69,8 +74,7 @@ def load_judgments(path: str | Path, max_docs: int = 0, exclude_systems=(), excl
                 skipped["null_summary_or_score"] += 1
             elif row["system"] in exclude_systems:
                 skipped["excluded_system"] += 1
-            elif exclude_docs and (str(row["id"]) in exclude_docs
-                                   or "text:" + document_key(row["document"]) in exclude_docs):
+            elif exclude_docs and shares_document(row, exclude_docs):
                 skipped["excluded_document"] += 1
             else:
                 rows.append({"id": str(row["id"]), "document": row["document"], "reference": row["reference"],
@@ -114,7 +118,7 @@ def refuse_seen_documents(scorers, rows: list[dict]) -> None:
             continue
         seen = training_documents(str(spec["model"]))
         if seen and keys & seen:
-            n = len({r["id"] for r in rows if r["id"] in seen or "text:" + document_key(r["document"]) in seen})
+            n = len({r["id"] for r in rows if shares_document(r, seen)})
             raise AgreementError(f"{label} was trained on {n} of this file's documents; pass --exclude-docs-of "
                                  "TRAINING_FILE to evaluate on the others only")
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.agreement_metrics import agreement, pair_counts, paired_difference, ratio_interval
-from eval.agreement_report import fmt
+from eval.agreement_report import fmt, write_scores
 from eval.judgments import TRAINING_RECORD, AgreementError, doc_groups, document_key, document_keys, load_judgments
 from eval.scoring import CHEAP_SCORERS, resolve_scorers, run_source
 from pipeline.durable import file_sha256
@@ -431,11 +431,7 @@ def train(args) -> int:
                                                    "loso": loso_rows, **summary}, indent=1, default=float) + "\n",
                                        encoding="utf-8")
     if columns:
-        with (out / "oof_scores.csv").open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["id", "system", "human_score"] + list(columns))
-            for i, r in enumerate(rows):
-                w.writerow([r["id"], r["system"], r["human_score"]] + [fmt(columns[c][i], 6) for c in columns])
+        write_scores(out / "oof_scores.csv", rows, columns)
     print(md)
     return 0
 

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from eval.judgments import doc_groups
+from eval.scoring import record_answers
 
 _WORKER_JUDGES: dict[str, object] = {}
 
@@ -174,25 +175,24 @@ def submit_model_work(executor, scorers, rows, judge_docs: int | None, seed: int
             def combine(results, pair_lists=pair_lists):
                 outcomes, raw = {}, []
                 for pairs, (values, answers, _) in zip(pair_lists, results):
-                    for (i, j), value, answer in zip(pairs, values, answers):
-                        outcomes[(i, j)] = value
-                        raw.append({"id": rows[i]["id"], "a": rows[i]["system"], "b": rows[j]["system"],
-                                    "result": value, "ab": answer.get("ab"), "ba": answer.get("ba")})
+                    record_answers(rows, pairs, values, answers, outcomes, raw)
                 return outcomes, raw
 
             jobs[label] = [Job(futures, combine)]
     return jobs
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(n: int) -> int:
     """On a shared machine, OpenMP threads competing for busy cores are slower than fewer threads
     (measured here: SmolLM2 prefill 2.1 s with 1 thread vs 5-11 s with 2 while the other core was busy)."""
-    import os
-
     import torch
 
     if n <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = _cores()
         n = max(1, min(cores, cores - round(os.getloadavg()[0])))
     torch.set_num_threads(n)
     return n
@@ -203,5 +203,4 @@ def resolve_workers(n: int) -> int:
     OpenMP threads suffer there."""
     if n > 0:
         return n
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(_cores(), 4))

@@ -92,16 +92,21 @@ def run_judge(label, registry_name, params, rows, judge_docs: int | None, seed: 
     from reward_sources import build_judge
 
     judge = build_judge(registry_name, params)
-    groups = doc_groups(rows)[:judge_docs]
-    outcomes, raw = {}, []
     if judge.kind == "scalar":  # a scalar judge scores summaries; its pair outcomes come from the scores
         return judge, None, []
-    for g in tqdm(groups, desc=label, unit="doc", leave=False):
+    outcomes, raw = {}, []
+    for g in tqdm(doc_groups(rows)[:judge_docs], desc=label, unit="doc", leave=False):
         pairs = list(itertools.combinations(g, 2))
         res = judge.compare([rows[i] for i, _ in pairs], [rows[i]["summary"] for i, _ in pairs],
                             [rows[j]["summary"] for _, j in pairs], seed)
-        for (i, j), value, answer in zip(pairs, res, judge.last_raw):
-            outcomes[(i, j)] = value
-            raw.append({"id": rows[i]["id"], "a": rows[i]["system"], "b": rows[j]["system"], "result": value,
-                        "ab": answer.get("ab"), "ba": answer.get("ba")})
+        record_answers(rows, pairs, res, judge.last_raw, outcomes, raw)
     return judge, outcomes, raw
+
+
+def record_answers(rows, pairs, values, answers, outcomes: dict, raw: list) -> None:
+    """A pairwise judge's answers on pairs (i, j) of rows: outcomes[(i, j)] = value, and one raw line per pair
+    (ids and systems, not the text)."""
+    for (i, j), value, answer in zip(pairs, values, answers):
+        outcomes[(i, j)] = value
+        raw.append({"id": rows[i]["id"], "a": rows[i]["system"], "b": rows[j]["system"], "result": value,
+                    "ab": answer.get("ab"), "ba": answer.get("ba")})

@@ -11,7 +11,7 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from reward_sources.rouge import check_batch, check_spec
+from reward_sources.rouge import check_batch, check_spec, positive_int
 
 DEFAULT_LAYERS = 6
 
@@ -48,17 +48,16 @@ def check_build(spec: dict) -> None:
     check_spec(spec, {"model", "num_layers", "batch_size"}, "bertscore")
     if "model" in spec and not (isinstance(spec["model"], str) and spec["model"].strip()):
         raise ValueError(f"bertscore: model must be an encoder name or directory, got {spec['model']!r}")
-    for key, low in (("num_layers", 1), ("batch_size", 1)):
-        value = spec.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"bertscore: {key} must be an integer >= {low}, got {value!r}")
+    if spec.get("num_layers") is not None:  # null: bert-score's own layer for the model
+        positive_int(spec, "num_layers", DEFAULT_LAYERS, "bertscore")
+    positive_int(spec, "batch_size", 64, "bertscore")  # null too: it is passed to bert-score as a number
 
 
 def build(spec: dict, ctx=None):
     check_build(spec)
     model = spec.get("model") or minilm_dir()
     num_layers = spec.get("num_layers", DEFAULT_LAYERS if "model" not in spec else None)
-    batch_size = int(spec.get("batch_size", 64))
+    batch_size = spec.get("batch_size", 64)
     scorer = get_scorer(str(model), num_layers)
 
     def score(documents, responses, references):

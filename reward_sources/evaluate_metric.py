@@ -20,12 +20,8 @@ import math
 import numbers
 from pathlib import Path
 
-from reward_sources.registry import RegistryError
+from reward_sources.registry import RegistryError, first_line
 from reward_sources.rouge import check_batch, check_spec
-
-
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
 def _load(name: str, config_name: str | None):
@@ -35,7 +31,7 @@ def _load(name: str, config_name: str | None):
         # in memory: no cache files, so the processes of a multi-process run do not lock each other out
         return evaluate.load(name, config_name, keep_in_memory=True)
     except Exception as e:  # noqa: BLE001 - a wrong name, no network, a broken script: one line before any stage
-        raise ValueError(f"evaluate: cannot load metric '{name}' ({_first_line(e)}); offline, give the path of a "
+        raise ValueError(f"evaluate: cannot load metric '{name}' ({first_line(e)}); offline, give the path of a "
                          "local metric script (an evaluate.Metric subclass)") from None
 
 
@@ -87,7 +83,7 @@ def build(spec: dict, ctx=None):
         try:
             return metric.compute(**args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a metric that raises stops the run with one line
-            raise RegistryError(f"evaluate: metric '{name}' raised {_first_line(e)}") from None
+            raise RegistryError(f"evaluate: metric '{name}' raised {first_line(e)}") from None
 
     def value(result: dict):
         k = key

@@ -26,7 +26,7 @@ import torch
 
 from pipeline import config
 from pipeline.models import load_policy, pad_ids, token_logprobs
-from reward_sources.rouge import check_batch, check_spec
+from reward_sources.rouge import check_batch, check_spec, positive_int
 
 OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
 _POLICIES: dict[str, object] = {}
@@ -243,9 +243,7 @@ def check_build(spec: dict) -> None:
     beta = spec.get("beta", 1.0)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
         raise ValueError(f"loglik: beta must be a finite number, got {beta!r}")
-    batch_size = spec.get("batch_size", 16)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"loglik: batch_size must be an integer >= 1, got {batch_size!r}")
+    positive_int(spec, "batch_size", 16, "loglik")
 
 
 def build(spec: dict, ctx=None):

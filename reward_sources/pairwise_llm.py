@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from reward_sources.rouge import check_spec
+from reward_sources.rouge import check_spec, positive_int
 
 OPTIONS = {"model", "max_new_tokens", "batch_size", "max_document_words"}
 INSTRUCTION = ("Read the news article and the two summaries of it. The better summary states the article's main "
@@ -138,13 +138,6 @@ class SharedPrefixGenerator:
                                                  max_new_tokens=self.max_new_tokens)
                 out += [t.strip() for t in self.tok.batch_decode(gen, skip_special_tokens=True)]
         return out
-
-
-def positive_int(params: dict, key: str, default: int, who: str) -> int:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{who}: {key} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def check_build_judge(params: dict) -> None:

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import math
 
-from reward_sources.registry import RegistryError
+from reward_sources.registry import RegistryError, first_line
 from reward_sources.rouge import check_batch, check_spec
 
 
@@ -28,7 +28,7 @@ def resolve(path: str, who: str = "python"):
     except ModuleNotFoundError as e:
         raise ValueError(f"{who}: cannot import module '{module_name}' ({e})") from None
     except Exception as e:  # noqa: BLE001 - the user's module failing at import is the user's error, in one line
-        raise ValueError(f"{who}: importing module '{module_name}' failed: {_first_line(e)}") from None
+        raise ValueError(f"{who}: importing module '{module_name}' failed: {first_line(e)}") from None
     obj = module
     for part in attr.split("."):  # allow Class.method
         if not hasattr(obj, part):
@@ -37,10 +37,6 @@ def resolve(path: str, who: str = "python"):
     if not callable(obj):
         raise ValueError(f"{who}: '{path}' is a {type(obj).__name__}, not a callable")
     return obj
-
-
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def _checked(params: dict, who: str, what: str):
@@ -86,7 +82,7 @@ def build(spec: dict, ctx=None):
         try:
             out = fn(list(documents), list(responses), list(references), **kwargs)
         except Exception as e:  # noqa: BLE001 - a user's source that raises stops the run with one line
-            raise RegistryError(f"python source '{path}' raised {_first_line(e)}") from None
+            raise RegistryError(f"python source '{path}' raised {first_line(e)}") from None
         try:
             out = [float(x) for x in out]
         except (TypeError, ValueError):
@@ -110,7 +106,7 @@ def build_judge(params: dict, ctx=None):
     try:
         judge = factory(**kwargs)
     except Exception as e:  # noqa: BLE001 - the user's factory failing is a one-line error, not a traceback
-        raise ValueError(f"python judge: '{params['function']}' raised {_first_line(e)}") from None
+        raise ValueError(f"python judge: '{params['function']}' raised {first_line(e)}") from None
     method = {"scalar": "score", "pairwise": "compare"}.get(getattr(judge, "kind", None))
     named = isinstance(getattr(judge, "name", None), str)
     if method is None or not callable(getattr(judge, method, None)) or not named:

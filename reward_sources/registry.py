@@ -51,6 +51,11 @@ class RegistryError(ValueError):
     pass
 
 
+def first_line(e: Exception) -> str:
+    """An exception from the user's code (a module, a factory, a metric) as one short line."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 @dataclass
 class Context:
     """What a factory may need beyond its own spec."""

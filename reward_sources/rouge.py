@@ -9,7 +9,8 @@ copying any sentence, the wrong ones included (docs/testbed.md).
 directly. ROUGE-Lsum is the summary-level LCS: it needs sentences separated by "\n" (rouge-score splits on
 newlines only), so texts without newlines are split at sentence ends first.
 
-This module also holds `check_spec`, the strict spec check every source and judge module uses.
+This module also holds `check_spec`, the strict spec check every source and judge module uses (and `positive_int`,
+its check of an integer option).
 """
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def check_spec(spec: dict, valid: set[str] | list[str], who: str) -> None:
             close = closest(key, allowed)
             hint = f" Did you mean '{close}'?" if close else ""
             raise ValueError(f"{who}: unknown option '{key}'; valid: {', '.join(allowed)}.{hint}")
+
+
+def positive_int(params: dict, key: str, default: int, who: str) -> int:
+    """params[key] (default when absent), an integer >= 1, or a one-line ValueError."""
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{who}: {key} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def check_batch(who: str, documents, responses, references=None) -> None:

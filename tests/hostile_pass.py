@@ -44,8 +44,7 @@ def tiny(**sections) -> dict:
              "sft": {"steps": 2, "eval_examples": 0},
              "online": {"iterations": 1, "prompts_per_iteration": 4, "max_new_tokens": 6, "epochs": 1},
              "eval": {"max_new_tokens": 6}, "tracking": {"report_to": ["none"]}}
-    recipe = tiny_recipe("hostile", **{k: v for k, v in small.items() if k != "tracking"})
-    recipe["tracking"] = small["tracking"]
+    recipe = tiny_recipe("hostile", **small)  # tracking is not in tiny_recipe: set whole
     for section, value in sections.items():
         recipe[section] = {**recipe[section], **value} if isinstance(recipe.get(section), dict) else value
     return recipe
@@ -166,6 +165,16 @@ def pre(cid: str, what: str, want: str | None, *overrides, recipe: dict | None =
         return err(ctx, ctx.run(*overrides), want)
 
 
+def files(cid: str, what: str, want: str, recipe: str | bytes, others: dict[str, str] | None = None):
+    """A case whose recipe file r.yaml (and the files it names, by name) must fail to load."""
+    @case(cid, what)
+    def _(ctx):
+        ctx.recipe(recipe)
+        for name, content in (others or {}).items():
+            ctx.recipe(content, name)
+        return err(ctx, ctx.run(), want)
+
+
 # ---------------------------------------------------------------- A: the recipe file itself
 
 
@@ -175,10 +184,7 @@ def _(ctx):
     return err(ctx, ctx.run(recipe="d.yaml"), "d.yaml")
 
 
-@case("A02", "recipe is not UTF-8 (unreadable text)")
-def _(ctx):
-    ctx.recipe(b"name: caf\xe9\nrun_dir: run\n")
-    return err(ctx, ctx.run(), "UTF-8")
+files("A02", "recipe is not UTF-8 (unreadable text)", "UTF-8", b"name: caf\xe9\nrun_dir: run\n")
 
 
 @case("A03", "empty recipe file (0 bytes)")
@@ -193,16 +199,8 @@ def _(ctx):
     return err(ctx, ctx.run("--stage", "data", timeout=120), "empty", fresh=False)
 
 
-@case("A05", "YAML list at top level")
-def _(ctx):
-    ctx.recipe("- name: x\n- run_dir: run\n")
-    return err(ctx, ctx.run(), "mapping")
-
-
-@case("A06", "YAML scalar at top level")
-def _(ctx):
-    ctx.recipe("just some words\n")
-    return err(ctx, ctx.run(), "mapping")
+files("A05", "YAML list at top level", "mapping", "- name: x\n- run_dir: run\n")
+files("A06", "YAML scalar at top level", "mapping", "just some words\n")
 
 
 @case("A07", "unicode key typo (onlïne:)")
@@ -393,30 +391,10 @@ def _(ctx):
 # ---------------------------------------------------------------- F: base chains
 
 
-@case("F01", "base: a missing file")
-def _(ctx):
-    ctx.recipe("base: nope.yaml\nname: x\n")
-    return err(ctx, ctx.run(), "nope.yaml")
-
-
-@case("F02", "base: a cycle a -> b -> a")
-def _(ctx):
-    ctx.recipe("base: b.yaml\nname: a\n")
-    ctx.recipe("base: r.yaml\nname: b\n", "b.yaml")
-    return err(ctx, ctx.run(), "inherits")
-
-
-@case("F03", "base: a file holding a list")
-def _(ctx):
-    ctx.recipe("base: b.yaml\nname: a\n")
-    ctx.recipe("- a\n- b\n", "b.yaml")
-    return err(ctx, ctx.run(), "mapping")
-
-
-@case("F04", "base: a number")
-def _(ctx):
-    ctx.recipe("base: 5\nname: a\n")
-    return err(ctx, ctx.run(), "base")
+files("F01", "base: a missing file", "nope.yaml", "base: nope.yaml\nname: x\n")
+files("F02", "base: a cycle a -> b -> a", "inherits", "base: b.yaml\nname: a\n", {"b.yaml": "base: r.yaml\nname: b\n"})
+files("F03", "base: a file holding a list", "mapping", "base: b.yaml\nname: a\n", {"b.yaml": "- a\n- b\n"})
+files("F04", "base: a number", "base", "base: 5\nname: a\n")
 
 
 @case("F05", "base: a directory")
@@ -433,11 +411,8 @@ def _(ctx):
     return err(ctx, ctx.run(), "empty")
 
 
-@case("F07", "base: with an unknown key inside the base")
-def _(ctx):
-    ctx.recipe("base: b.yaml\nname: a\n")
-    ctx.recipe("sft:\n  stpes: 3\n", "b.yaml")
-    return err(ctx, ctx.run(), "steps")
+files("F07", "base: with an unknown key inside the base", "steps", "base: b.yaml\nname: a\n",
+      {"b.yaml": "sft:\n  stpes: 3\n"})
 
 
 # ---------------------------------------------------------------- G: overrides

@@ -82,6 +82,11 @@ def test_bertscore_spec_errors():
         build_source({"name": "bertscore", "layers": 6})
     with pytest.raises(ValueError, match="set num_layers"):
         build_source({"name": "bertscore", "model": "/nonexistent/encoder"})
+    # null batch_size: refused by the check, not a TypeError when the source is built
+    with pytest.raises(ValueError, match=r"bertscore: batch_size must be an integer >= 1, got None"):
+        build_source({"name": "bertscore", "batch_size": None})
+    with pytest.raises(ValueError, match=r"bertscore: num_layers must be an integer >= 1, got 'deep'"):
+        build_source({"name": "bertscore", "num_layers": "deep"})
 
 
 # ---------------------------------------------------------------------------------------------- python source
