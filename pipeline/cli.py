@@ -103,13 +103,9 @@ def io_error_line(e: Exception) -> str:
     return f"{msg}; finished stages, checkpoints and labels are kept: {hint} and rerun the same command to resume"
 
 
-# Pure Python, no model, network or file: built once here, so that every option error surfaces before any stage.
-_BUILT_TO_CHECK = {("judge", "oracle"), ("source", "rouge")}
-
-
 def check_component(kind: str, where: str, name, params) -> None:
     """A judge's or source's name, secrets and options, without loading a model: the entry module's
-    `check_<factory>` when it has one, else the component is built when cheap, else its OPTIONS are checked."""
+    `check_<factory>` when it has one, else its OPTIONS."""
     try:
         check_name(kind, name)
     except ValueError as e:
@@ -124,8 +120,6 @@ def check_component(kind: str, where: str, name, params) -> None:
     try:
         if hasattr(module, f"check_{attr}"):
             getattr(module, f"check_{attr}")(options)
-        elif (kind, name) in _BUILT_TO_CHECK:
-            getattr(module, attr)(options)
         elif hasattr(module, "OPTIONS"):
             check_spec(options, module.OPTIONS, name)
     except ValueError as e:

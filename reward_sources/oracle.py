@@ -94,6 +94,11 @@ class OracleJudge:
 _KEYS = {"persona", "teacher", "temperature", "weights"}
 
 
+def check_build_judge(params: dict) -> None:
+    """The options, checked before any stage runs: building the oracle is pure Python, so build it."""
+    build_judge(params)
+
+
 def build_judge(params: dict, ctx=None) -> OracleJudge:
     unknown = set(params) - _KEYS
     if unknown:

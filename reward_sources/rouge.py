@@ -55,14 +55,20 @@ def sentence_lines(text: str) -> str:
     return _SENT_END.sub("\n", text.strip())
 
 
-def build(spec: dict, ctx=None):
+def check_build(spec: dict) -> None:
+    """The options, checked before any stage runs (pipeline/cli.py looks for check_<factory>)."""
     check_spec(spec, {"variant", "against"}, "rouge")
     variant = spec.get("variant", "rougeLsum")
     if variant not in VARIANTS:
         raise ValueError(f"rouge: variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+    if spec.get("against", "reference") not in ("reference", "document"):
+        raise ValueError(f"rouge: against must be 'reference' or 'document', got '{spec['against']}'")
+
+
+def build(spec: dict, ctx=None):
+    check_build(spec)
+    variant = spec.get("variant", "rougeLsum")
     against = spec.get("against", "reference")
-    if against not in ("reference", "document"):
-        raise ValueError(f"rouge: against must be 'reference' or 'document', got '{against}'")
     from rouge_score import rouge_scorer
 
     # use_stemmer=True is the convention of the summarisation papers (and of the XSum-faith ROUGE columns).
