@@ -278,9 +278,12 @@ def _tiny_reward_model(tmp_path, arch: str, chat: bool) -> str:
     if chat:
         fast.chat_template = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} </s> {% endfor %}")
     out = tmp_path / f"rm-{arch}"
-    with torch.no_grad():  # large random weights, so scores differ clearly between inputs
+    # Large random weights, so scores differ clearly between inputs; drawn from their own generator, so the model is
+    # the same whatever other tests did to torch's global random state before (they made two scores collide once).
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0, 0.5)
+            p.normal_(0, 0.5, generator=gen)
     model.save_pretrained(out)
     fast.save_pretrained(out)
     return str(out)
