@@ -51,6 +51,7 @@ from eval.judgments import (
 )
 from eval.model_work import make_executor, resolve_workers, set_threads, submit_model_work
 from eval.scoring import BUILTIN, CHEAP_SCORERS, DEFAULT_SCORERS, resolve_scorers, run_judge, run_source
+from reward_sources.registry import Context
 
 
 def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -75,9 +76,11 @@ def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
     failed = []  # (label, reason): one broken scorer must not throw away an hour of the others' work
     executor, jobs = make_executor(workers) if model_work else None, {}
     try:
-        jobs = submit_model_work(executor, scorers, rows, args.judge_docs, args.seed) if executor else {}
+        ctx = Context()  # the model workers' log-probs reach the loglik scorers through it
+        jobs = (submit_model_work(executor, scorers, rows, args.judge_docs, args.seed, ctx.logprob_cache)
+                if executor else {})
         for label, what, reg_name, spec in scorers:
-            one = score_one(label, what, reg_name, spec, rows, jobs.get(label), args)
+            one = score_one(label, what, reg_name, spec, rows, jobs.get(label), args, ctx)
             if isinstance(one, str):
                 failed.append((label, one))
                 print(f"{label}: FAILED: {one}", file=sys.stderr)
@@ -98,7 +101,7 @@ def run(args) -> tuple[list[dict], list[tuple[str, str]]]:
     return results, failed
 
 
-def score_one(label, what, reg_name, spec, rows, jobs, args):
+def score_one(label, what, reg_name, spec, rows, jobs, args, ctx):
     """(metrics, per-summary scores, raw judge answers) of one scorer, or the reason it failed."""
     t0, outcomes, raw = time.time(), None, []
     try:
@@ -113,7 +116,7 @@ def score_one(label, what, reg_name, spec, rows, jobs, args):
             else:
                 scores = borda(len(rows), outcomes)
         else:
-            scores = run_source(label, reg_name, spec, rows)
+            scores = run_source(label, reg_name, spec, rows, ctx)
     except ValueError as e:  # sources, judges and models raise one-line ValueErrors for user mistakes
         return str(e)
     # model work ran in the background since submission: its wall time, not the wait for it here

@@ -117,11 +117,12 @@ class Job:
         return self.done[1]
 
 
-def submit_model_work(executor, scorers, rows, judge_docs: int | None, seed: int, docs_per_task: int = 8,
-                      summaries_per_task: int = 64) -> dict[str, list[Job]]:
+def submit_model_work(executor, scorers, rows, judge_docs: int | None, seed: int, logprob_cache: dict,
+                      docs_per_task: int = 8, summaries_per_task: int = 64) -> dict[str, list[Job]]:
     """Jobs for the model-backed scorers, keyed by scorer label (scorers on one model share jobs): log-probs of
     every summary given its document (and given no document, for PMI), and the pairwise LLM judge's comparisons.
-    Log-probs land in reward_sources.loglik's memo, so the scorers themselves then only combine numbers."""
+    Finished log-probs land in `logprob_cache` (a reward_sources Context's), so scorers built with that context
+    only combine numbers."""
     from reward_sources import loglik
 
     groups = doc_groups(rows)
@@ -146,7 +147,7 @@ def submit_model_work(executor, scorers, rows, judge_docs: int | None, seed: int
             def combine(results, documents=documents, responses=responses):
                 sums = [x for r in results for x in r[0]]
                 counts = [x for r in results for x in r[1]]
-                loglik.remember(model, documents, responses, sums, counts)
+                loglik.remember(logprob_cache, model, documents, responses, sums, counts)
                 return True
 
             shared[key] = Job(futures, combine)

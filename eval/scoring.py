@@ -66,12 +66,13 @@ def resolve_scorers(names: list[str], recipe_path: str | None) -> list[tuple[str
     return out
 
 
-def run_source(label, registry_name, spec, rows, chunk: int = 100) -> np.ndarray:
+def run_source(label, registry_name, spec, rows, ctx=None, chunk: int = 100) -> np.ndarray:
+    """Scores of every row; `ctx` (a reward_sources Context) carries log-probs already computed for loglik."""
     from tqdm import tqdm
 
     from reward_sources import build_source
 
-    fn = build_source({"name": registry_name, **spec})
+    fn = build_source({"name": registry_name, **spec}, ctx)
     scores = np.full(len(rows), np.nan)
     groups = doc_groups(rows)
     per = max(1, chunk // max(1, round(len(rows) / len(groups))))  # whole documents per call (shared prompts)

@@ -13,7 +13,8 @@ are exactly those of the policy code. One speed-up on top: the responses of one 
 output) and scores all of its responses against it; the online loop (K samples per prompt) and the validation
 harness (5 systems per document) both have this shape. For a causal model the responses are packed into one
 row after the prompt's cache (block attention mask, no padding). It is tested equal to `Policy.logprobs`.
-Sum and mean come from the same numbers (sum, n_tokens), memoised per model, so scorers on one model share them.
+Sum and mean come from the same numbers (sum, n_tokens), cached per model in the build context
+(registry.Context.logprob_cache), so scorers on one model built with one context share them.
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ from reward_sources.rouge import check_batch, check_spec, positive_int
 
 OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
 _POLICIES: dict[str, object] = {}
-_MEMO: dict[str, dict] = {}  # per loaded model: (document, response) -> (sum, n_tokens)
-_MEMO_LIMIT = 200_000
+_CACHE_LIMIT = 200_000  # (document, response) pairs kept per model before the cache starts again
 # a packed row holds about batch_size targets of this many tokens (SmolLM2 on one CPU thread: 128 to 512 tokens
 # per row all cost the same within 3%; longer rows pay for the dense block mask in attention)
 PACK_TOKENS_PER_TARGET = 16
@@ -218,11 +218,10 @@ def policy_logprobs(policy, documents, responses, batch_size: int = 16) -> tuple
     return total.tolist(), n.tolist()
 
 
-def remember(model, documents, responses, sums, counts) -> None:
-    """Store (summed log-prob, n_tokens) computed elsewhere (the agreement harness's worker processes), so that
-    every loglik scorer on `model` in this process reuses them instead of recomputing."""
-    memo = _MEMO.setdefault(model_key(model), {})
-    memo.update(zip(zip(documents, responses), zip(sums, counts)))
+def remember(cache: dict, model, documents, responses, sums, counts) -> None:
+    """Put (summed log-prob, n_tokens) computed elsewhere (the agreement harness's worker processes) into a
+    Context.logprob_cache, so that every loglik scorer built with that context reuses them."""
+    cache.setdefault(model_key(model), {}).update(zip(zip(documents, responses), zip(sums, counts)))
 
 
 def check_build(spec: dict) -> None:
@@ -253,13 +252,13 @@ def build(spec: dict, ctx=None):
     beta = float(spec.get("beta", 1.0))
     batch_size = spec.get("batch_size", 16)
     key, policy = get_policy(spec["model"])
-    memo = _MEMO.setdefault(key, {})
+    memo = (ctx.logprob_cache if ctx is not None else {}).setdefault(key, {})
 
     def own(documents, responses):
-        """Log-probs under the source model, memoised (sum and mean scorers on one model share the work)."""
+        """Log-probs under the source model, cached in the context (sum and mean scorers share the work)."""
         todo = sorted({(d, r) for d, r in zip(documents, responses) if (d, r) not in memo})
         if todo:
-            if len(memo) + len(todo) > _MEMO_LIMIT:
+            if len(memo) + len(todo) > _CACHE_LIMIT:
                 memo.clear()
             sums, counts = policy_logprobs(policy, [d for d, _ in todo], [r for _, r in todo], batch_size)
             memo.update(zip(todo, zip(sums, counts)))
@@ -280,7 +279,7 @@ def build(spec: dict, ctx=None):
             ref = getattr(ctx, "reference_policy", None)
             if ref is None:
                 raise ValueError("loglik: minus_reference needs ctx.reference_policy (set by the online stage)")
-            # never memoised: the reference changes between iterations
+            # never cached: the reference changes between iterations
             vals = [v - b for v, b in zip(vals, reduced(zip(*policy_logprobs(ref, documents, responses, batch_size))))]
         return [beta * v for v in vals]
 

@@ -62,6 +62,9 @@ class Context:
 
     run_dir: Path = Path(".")
     reference_policy: Any = None  # models.Policy of the current reference, for implicit rewards
+    # model key -> {(document, response): (summed log-prob, n_tokens)}: the sources built with one context share
+    # log-probs (sum and mean scorers on one model), and a harness that computed them elsewhere hands them in here
+    logprob_cache: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 

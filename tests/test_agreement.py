@@ -236,7 +236,7 @@ def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
     of the plain path: per-summary Policy.logprobs for sum/mean/PMI, run_judge for the pairwise judge."""
     from eval.model_work import make_executor, submit_model_work
     from eval.scoring import run_judge, run_source
-    from reward_sources import loglik
+    from reward_sources import Context, loglik
 
     policy, path = tiny_causal
     rows = _toy_rows()
@@ -244,18 +244,18 @@ def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
                ("mean", "source", "loglik", {"model": path, "reduce": "mean"}),
                ("pmi", "source", "loglik", {"model": path, "pmi": True}),
                ("judge", "judge", "pairwise_llm", {"model": path, "max_new_tokens": 3})]
-    loglik._MEMO.clear()
+    ctx = Context()
     executor = make_executor(workers)
     try:
-        jobs = submit_model_work(executor, scorers, rows, judge_docs=2, seed=0, docs_per_task=1,
-                                 summaries_per_task=5)
+        jobs = submit_model_work(executor, scorers, rows, judge_docs=2, seed=0, logprob_cache=ctx.logprob_cache,
+                                 docs_per_task=1, summaries_per_task=5)
         for label, *_ in scorers:
             done = [job.finish(label) for job in jobs[label]]
     finally:
         executor.shutdown()
     outcomes, raw = done[0]
     assert len(jobs["pmi"]) == 2 and jobs["pmi"][0] is jobs["sum"][0]  # one set of log-probs for all three
-    memo = dict(loglik._MEMO[loglik.model_key(path)])
+    memo = dict(ctx.logprob_cache[loglik.model_key(path)])
     assert len(memo) == len(rows) + len({r["summary"] for r in rows})  # with and without the document
     with_doc = [policy.logprobs([r["document"]], [r["summary"]], batch_size=1) for r in rows]
     no_doc = [policy.logprobs([""], [r["summary"]], batch_size=1) for r in rows]
@@ -263,8 +263,8 @@ def test_model_work_in_workers_equals_plain_scoring(tiny_causal, workers):
             (scorers[0], [float(t[0]) for t, _, _ in with_doc]),
             (scorers[1], [float(m[0]) for _, m, _ in with_doc]),
             (scorers[2], [float(a[0] - b[0]) for (a, _, _), (b, _, _) in zip(with_doc, no_doc)])]:
-        assert run_source(label, reg, spec, rows).tolist() == pytest.approx(want, abs=1e-4), label
-    assert loglik._MEMO[loglik.model_key(path)] == memo  # nothing was recomputed: the scorers read the memo
+        assert run_source(label, reg, spec, rows, ctx).tolist() == pytest.approx(want, abs=1e-4), label
+    assert ctx.logprob_cache[loglik.model_key(path)] == memo  # nothing was recomputed: the scorers read the cache
     _, plain_outcomes, plain_raw = run_judge("judge", "pairwise_llm", scorers[3][3], rows, judge_docs=2)
     assert outcomes == plain_outcomes and raw == plain_raw and len(raw) == 12  # 2 documents x 6 pairs
 

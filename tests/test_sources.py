@@ -213,6 +213,26 @@ def test_loglik_equals_policy_logprobs(saved_policy, shape):
     assert pmi(docs, RESPONSES, [None] * 5) == pytest.approx((total - base).tolist(), abs=1e-3)
 
 
+def test_loglik_shares_logprobs_only_within_one_context(saved_policy):
+    """Sum and mean scorers built with one Context compute each (document, response) once and share it; a scorer
+    built with another Context never sees those numbers (a run's scores never depend on what ran before it)."""
+    from reward_sources.loglik import model_key
+
+    _, path = saved_policy("t5-tiny")
+    ctx, other = Context(), Context()
+    summed = build_source({"name": "loglik", "model": path}, ctx)
+    summed(DOCS[:2], RESPONSES[:2], [None, None])
+    cache = ctx.logprob_cache[model_key(path)]
+    assert set(cache) == {(DOCS[0], RESPONSES[0]), (DOCS[1], RESPONSES[1])}
+    planted = {k: (v[0] + 100.0, v[1]) for k, v in cache.items()}  # recomputing would undo the plant
+    cache.update(planted)
+    want = [planted[(d, r)] for d, r in zip(DOCS[:2], RESPONSES[:2])]
+    meaned = build_source({"name": "loglik", "model": path, "reduce": "mean"}, ctx)
+    assert meaned(DOCS[:2], RESPONSES[:2], [None, None]) == pytest.approx([s / n for s, n in want])
+    fresh = build_source({"name": "loglik", "model": path}, other)
+    assert fresh(DOCS[:2], RESPONSES[:2], [None, None]) == pytest.approx([s - 100.0 for s, _ in want], abs=1e-4)
+
+
 def test_loglik_minus_reference(saved_policy, make_policy):
     policy, path = saved_policy("t5-tiny")
     reference = make_policy("t5-tiny", init_seed=1)
