@@ -63,8 +63,8 @@ def test_the_recipe_names_each_stage_with_its_baselines_and_the_published_ones(s
 def test_each_stage_spends_its_baselines_budget(stage_runs, stage):
     _, done = stage_runs
     assert done[stage], f"{stage} asked no labels"
-    if stage == "dual_active":  # label cost, in the teachers' units: 0.5 per prompt
-        assert cost(done[stage]) == 0.5 * PROMPTS
+    if stage == "dual_active":  # label cost, in the teachers' units: 0.45 per prompt, spent in steps of 0.5
+        assert cost(done[stage]) == 0.5 * int(0.45 * PROMPTS / 0.5)
         for base in BASELINES[stage]:
             assert cost(done[base]) == cost(done[stage])
         assert {j.split(",")[1] for j in done["dual_active:cheapest"]} == {"novice"}

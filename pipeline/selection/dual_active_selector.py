@@ -167,7 +167,9 @@ class DualActiveSelector(LoopSelector):
                 theta, beta = fit_mle(np.array(Z), np.array(T), np.array(Y), K)
                 H = fisher(theta, beta, np.array(Z), np.array(T), self.lam)
                 b = int(min(self.batch, room // self.costs.min(), len(remaining)))
-                sel = select_batch(theta, beta, Zc[remaining], H, b * K, self.costs, unique=True)
+                # a teacher the remaining budget cannot pay for is ranked last (criterion 0), so the budget is spent
+                affordable = np.where(self.costs <= room + 1e-9, self.costs, np.inf)
+                sel = select_batch(theta, beta, Zc[remaining], H, b * K, affordable, unique=True)
                 picks, seen, cost = [], set(), 0.0
                 for pi, tk in zip(sel.pairs, sel.teachers):  # one teacher per pair; stop at the batch or budget
                     c = int(remaining[pi])
