@@ -194,7 +194,8 @@ class DualActiveSelector(LoopSelector):
             scores = [lcb_scores(theta, H, f, self.gamma) for f in phi]
         self.last = {"theta": theta, "beta": beta, "H": H, "phi": phi, "scores": scores}
         labels = [t["label"] for t in self.teachers]
-        self.record(strategy=self.strategy, queries=dict(zip(labels, queries)), cost_per_teacher=dict(zip(labels, queries * self.costs)),
+        self.record(strategy=self.strategy, queries=dict(zip(labels, queries)),
+                    cost_per_teacher=dict(zip(labels, queries * self.costs)),
                     cost=spent, budget=total, beta=dict(zip(labels, beta)), batches=batches, candidates=len(cands),
                     features_dim=int(Zc.shape[1]), features_s=t_feat, queries_s=t_query,
                     fit_select_s=time.perf_counter() - t_start - t_feat - t_query)
