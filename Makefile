@@ -5,7 +5,7 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint run sft table diagnose stages validate judge bench clean
+.PHONY: venv demo test test-slow lint run sft table diagnose stages stages-table validate judge bench clean
 
 venv: .venv/.ready
 .venv/.ready: pyproject.toml
@@ -54,6 +54,14 @@ bench: venv
 
 stages: venv
 	$(PY) -m pipeline.selection.report $(ARGS)
+
+# The four stages in the loop, each beside its natural baseline, plus ensemble and linucb (recipes/stages.yaml) ->
+# runs/stage_table/table/paired.{csv,md}. Reuses the testbed's finished data, SFT and source model from runs/table_nll
+# (same stage fingerprints; a fresh source model alone takes ~28 min) when runs/stage_table has none yet.
+stages-table: venv
+	@if [ ! -e runs/stage_table/stages.json ] && [ -e runs/table_nll/sources ]; then mkdir -p runs/stage_table && \
+		cp -r runs/table_nll/data runs/table_nll/sft runs/table_nll/sources runs/table_nll/stages.json runs/stage_table/; fi
+	$(PY) -m pipeline table recipes/stages.yaml $(ARGS)
 
 # --recipe (extra sources from a recipe) only when RECIPE is given on the command line.
 validate: venv

@@ -222,6 +222,9 @@ class TableConfig:
                         "against that one (e.g. no_transfer)")
     baseline: str = f("no_transfer", "method every other method is paired against in paired.csv (exact-utility "
                                       "headline, oracle judges)")
+    pairs: list[list[str]] = f([], "more rows of the exact-utility headline as [method, baseline], each paired per "
+                                   "training seed like every method against table.baseline, e.g. [[dual_active, "
+                                   "dual_active:random]]: a method against its own baseline")
     aa: bool = f(True, "add the A/A row 'aa:<baseline>': the baseline trained again with other training seeds "
                        "(seed + aa_seed_offset) and paired against the baseline; its interval is the noise floor")
     aa_seed_offset: int = f(1000, "training-seed offset of the A/A row's second baseline run")

@@ -11,7 +11,8 @@ Headline, when the eval judge knows the exact utility (the synthetic world's ora
 table.utility_samples responses on table.utility_prompts held-out test prompts with the sampling seed of its
 training seed, so all checkpoints share random numbers; per iteration, each method's utility minus the
 baseline's, paired per training seed, with a t-interval over seeds and the Bradley–Terry expected win rate
-(eval/paired.py: paired.csv, paired.md, paired.png).
+(eval/paired.py: paired.csv, paired.md, paired.png). table.pairs adds rows [method, baseline] paired the same way
+(a selection stage against its own baseline); the plot keeps the rows against table.baseline.
 
 Secondary (the headline for judges without a utility): sampled judge win rates on the first table.n_prompts of
 those prompts and the first eval.samples_per_prompt samples (no extra generation). Per iteration and seed, the
@@ -78,6 +79,10 @@ def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
     if bad:
         raise ConfigError(f"table.methods labels may not contain '/' or start with '{paired.AA_PREFIX}' (the A/A "
                           f"row's prefix): {bad}")
+    for pair in recipe.table.pairs:
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(labels):
+            raise ConfigError(f"table.pairs entry {pair} must be [method, baseline], two different methods of the "
+                              f"table ({', '.join(labels)})")
     if recipe.table.versus and recipe.table.versus not in labels:
         raise ConfigError(f"table.versus '{recipe.table.versus}' is not a method of the table ({', '.join(labels)})")
     if recipe.table.aa:
@@ -387,7 +392,8 @@ def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out
     labels = [label for label, _ in all_methods(recipe)]
     temperature = getattr(judge, "temperature", 0.0)  # none: a noiseless judge
     rows_out = paired.paired_rows(u, recipe.table.baseline, temperature, labels)
-    md = paired.write(out, rows_out, paired.header(judge.name, recipe.table.seeds, n, k, temperature))
+    extra = [r for method, base in recipe.table.pairs for r in paired.paired_rows(u, base, temperature, [method])]
+    md = paired.write(out, rows_out + extra, paired.header(judge.name, recipe.table.seeds, n, k, temperature))
     paired.plot(rows_out, out / "paired.png", f"{recipe.name}: Δ exact utility vs {recipe.table.baseline}")
     if "facts" in rows[0] and hasattr(judge, "weights"):  # what the utilities are made of, from the same samples
         md += "\n\n" + behaviour(recipe, judge, rows[:n], {key: [ys[:k] for ys in resp[:n]]

@@ -198,6 +198,38 @@ def test_dual_active_in_the_loop_keeps_the_label_budget(tiny, tmp_path):
     round_trip(sel, "dual_active", params, list(tiny["scorers"]))
 
 
+def test_dual_active_baselines_spend_the_same_cost_budget(tmp_path):
+    """strategy=random asks random pairs of random teachers, strategy=cheapest only the cheapest teacher; both spend
+    the budget D-optimal spends (2 cost units per prompt here), and each is scored by the same LCB of its own fit."""
+    rows = world.generate(30, WorldConfig(), seed=4)
+    rng = random.Random(4)
+    online = [_variants(r, rng) for r in rows]
+    scorers = {"utility": planted_utility(rows)}
+    got = {}
+    for strategy in ("doptimal", "random", "cheapest"):
+        params = {"features": "scores", "budget": 2, "warmup": 12, "batch": 8, "strategy": strategy}
+        sel = build_selector("dual_active", params, ["utility"], seed=0)
+        sel.new_iteration(1)
+        store = LabelStore(tmp_path / f"{strategy}.sqlite")
+        stats = {"labels": 0, "failed": 0}
+        ctx = LabelContext(rows=rows, online=online, pool=[[] for _ in rows], cache=ScoreCache(scorers), store=store,
+                           judge=None, iteration=1, seed=0, k=K, judge_stats=stats, rng=random.Random(0))
+        scores = sel.label(ctx)
+        info = sel.info()
+        judges = {j for (j,) in store.db.execute("SELECT DISTINCT judge FROM labels")}
+        got[strategy] = (info, judges, stats)
+        assert info["strategy"] == strategy and stats["labels"] == sum(info["queries"].values()) == store.count()
+        assert np.allclose(scores[0], lcb_scores(sel.last["theta"], sel.last["H"], sel.last["phi"][0]))
+        store.close()
+    assert {s: g[2]["cost"] for s, g in got.items()} == {s: 2 * len(rows) for s in got}  # equal cost budget
+    cheap, rand = got["cheapest"], got["random"]
+    assert list(cheap[0]["queries"]) == ["novice"] and cheap[1] == {"oracle[default,novice,t=2]|pair"}
+    assert cheap[0]["queries"]["novice"] == 4 * len(rows)  # 0.5 a query: four times the pairs of the default teacher
+    assert all(n > 0 for n in rand[0]["queries"].values()) and len(rand[1]) == 3
+    with pytest.raises(ValueError, match="strategy"):
+        build_selector("dual_active", {"strategy": "greedy"}, ["utility"], seed=0)
+
+
 # ------------------------------------------------------------------------------------------------- lowrank
 def test_lowrank_asks_a_persona_population_and_scores_by_prs(tiny, tmp_path):
     params = {"features": "both", "dim": 8, "rank": 2, "target": {"default": 0.75, "concise": 0.25}}
@@ -217,6 +249,28 @@ def test_lowrank_asks_a_persona_population_and_scores_by_prs(tiny, tmp_path):
         assert np.allclose(last["scores"][p], last["model"].lcb(last["x_target"], last["phi"][p], 1.0))
     assert m["pairs"] > 0
     round_trip(sel, "lowrank", params, list(tiny["scorers"]))
+
+
+def test_lowrank_pooled_ignores_the_annotator_on_the_same_labels(tiny, tmp_path, monkeypatch):
+    """pooled: the same pairs asked of the same annotators (identical label rows), but the fit sees one context for
+    every label, so which persona answered cannot enter it; scores are its rank-1 lower bounds."""
+    from pipeline.selection import lowrank_selector
+
+    seen = []
+    real = lowrank_selector.fit_lowrank
+    monkeypatch.setattr(lowrank_selector, "fit_lowrank", lambda X, *a, **kw: seen.append(X) or real(X, *a, **kw))
+    params = {"features": "both", "dim": 8, "rank": 2, "target": {"coverage": 1}}
+    rows = {}
+    for pooled in (False, True):
+        res, sel, store = one_iteration(tiny, tmp_path / str(pooled), "lowrank", {**params, "pooled": pooled})
+        rows[pooled] = sorted(store.db.execute("SELECT judge, prompt_id, response_a, response_b FROM labels"))
+        info = res["metrics"]["selector"]
+        assert info["pooled"] == pooled and res["metrics"]["labels_this_iteration"] == store.count()
+    assert rows[True] == rows[False] and len({r[0] for r in rows[True]}) >= 3  # same labels, several personas
+    assert seen[0].shape[1] == 5 and seen[1].shape == (len(rows[True]), 1) and np.all(seen[1] == 1.0)
+    last = sel.last
+    assert info["rank"] == 1 and info["contexts"] == ["pooled"] and np.allclose(last["x_target"], [1.0])
+    assert np.allclose(last["scores"][0], last["model"].lcb(np.ones(1), last["phi"][0], 1.0))
 
 
 # -------------------------------------------------------------------------------------------------- shared
@@ -241,6 +295,21 @@ def test_shared_proxy_is_trained_and_picks_the_pairs(tiny, tmp_path):
                for s, j in zip(last["scores"], last["judged"]))
     assert m["pairs"] > 0
     round_trip(sel, "shared", params, list(tiny["scorers"]))
+
+
+def test_shared_single_task_trains_the_judge_head_alone(tiny, tmp_path, monkeypatch):
+    """single_task: the same judge labels, but the model has only the judge's BT head and no source is scored."""
+    from pipeline.selection import shared_selector
+
+    trained = []
+    real = shared_selector.train
+    monkeypatch.setattr(shared_selector, "train", lambda model, data, *a, **kw: trained.append(
+        (list(model.kinds), sorted(data))) or real(model, data, *a, **kw))
+    res, sel, store = one_iteration(tiny, tmp_path, "shared", {"dim": 8, "steps": 30, "single_task": True})
+    m, info = res["metrics"], res["metrics"]["selector"]
+    assert m["labels_this_iteration"] == 16 * K == store.count()  # what the multi-task model gets
+    assert info["tasks"] == ["judge"] and trained == [(["bt"], [0]), (["bt"], [0])]  # two folds, judge loss only
+    assert all(len(model.heads) == 1 for model in sel.last["models"])
 
 
 def test_candidate_pairs_skip_identical_and_repeated_texts():

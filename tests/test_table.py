@@ -244,3 +244,35 @@ def test_utility_cli_errors(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("name: x\n")
     assert main([str(tmp_path), "a=missing/path"]) == 2
     assert "not LABEL=existing-path: a=missing/path" in capsys.readouterr().err
+
+
+class _PlantedUtility:
+    """An exact-utility judge: a response's utility is its number."""
+    name, temperature = "planted", 0.5
+
+    def utility(self, rows, responses):
+        return [float(y) for y in responses]
+
+
+def test_table_pairs_add_paired_rows_of_a_method_against_its_own_baseline(tmp_path):
+    from pipeline.table import utility_headline
+
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", "table.methods=[{label: none, selector: {name: none}}, "
+                                "{label: a, selector: {name: none}}, {label: b, selector: {name: none}}]",
+                                "table.baseline=none", "table.aa=false", "table.seeds=[0, 1, 2]",
+                                "table.pairs=[[a, b]]", "table.utility_prompts=2", "table.utility_samples=1"])
+    level = {"none": 0.0, "a": 1.0, "b": 0.25}
+    samples = {(m, s, 1): [[str(level[m] + 0.1 * s)], [str(level[m] - 0.1 * s)]] for m in level for s in (0, 1, 2)}
+    samples[("a", 2, 1)] = [["1.5"], ["1.5"]]  # a's gain over b differs between seeds: a real interval
+    utility_headline(recipe, _PlantedUtility(), [{"id": "p0"}, {"id": "p1"}], samples, tmp_path)
+    with open(tmp_path / "paired.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["baseline"]) for r in rows] == [("a", "none"), ("b", "none"), ("a", "b")]
+    diffs = [0.75, 0.75, 1.5 - 0.25]  # per seed: mean utility of a minus b's
+    m, lo, hi = paired_interval(diffs)
+    assert float(rows[2]["mean_diff"]) == pytest.approx(m) and float(rows[2]["ci_low"]) == pytest.approx(lo)
+    assert rows[2]["seeds"] == "3" and "| a | b | Δu +0.92" in (tmp_path / "paired.md").read_text()
+    for bad in ("[[a, a]]", "[[a, c]]", "[[a]]"):
+        with pytest.raises(ConfigError, match=r"table.pairs entry .* must be \[method, baseline\]"):
+            methods(load_recipe(None, [f"run_dir={tmp_path}", "table.methods=[{label: none, selector: {name: none}}, "
+                                       "{label: a, selector: {name: none}}]", f"table.pairs={bad}"]))

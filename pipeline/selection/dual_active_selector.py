@@ -7,13 +7,17 @@ criterion log(1 + vᵀH⁻¹v)/cost) refitted by joint MLE of θ, β (`fit_mle`)
 budget is spent; each pair is asked of one teacher at most. Scores = `lcb_scores` of every response under the
 final fit. Label budget: `budget` cost units per prompt, K by default (what no transfer pays), in units of the
 default teacher; teacher costs 2 / 1 / 0.5 (expert / default / novice) are inferred: an expert costs more.
+
+`strategy` gives the natural baselines at the same cost budget, in the same code path: "random" asks uniformly
+random pairs, each of a uniformly random teacher among those the remaining budget affords, and fits the same MLE
+and LCB scores once at the end; "cheapest" keeps the D-optimal pairs but asks only the cheapest teacher.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,6 +50,10 @@ class DualActiveOptions(FeatureOptions, ArmOption):
     warmup: int | None = f(None, ge=0, help="random warm-up queries, teachers in turn (None = 4 per teacher)")
     gamma: float = f(1.0, ge=0, help="width of the lower confidence bound of the scores")
     lam: float = f(1e-2, gt=0, help="ridge term of the Fisher information")
+    strategy: Literal["doptimal", "random", "cheapest"] = f(
+        "doptimal", "doptimal = D-optimal pairs x teacher worth its cost (the paper); baselines at the same cost "
+                    "budget: random = random pairs, each of a random affordable teacher; cheapest = D-optimal pairs, "
+                    "always the cheapest teacher")
 
 
 class DualActiveSelector(LoopSelector):
@@ -60,6 +68,9 @@ class DualActiveSelector(LoopSelector):
         labels = [t["label"] for t in self.teachers]
         if len(set(labels)) != len(labels):
             raise ValueError(f"dual_active: teacher labels {labels} repeat; give each a distinct 'label'")
+        self.strategy = o.strategy
+        if o.strategy == "cheapest":  # the first of the cheapest, if several cost the same
+            self.teachers = [min(self.teachers, key=lambda t: t["cost"])]
         self.costs = np.array([t["cost"] for t in self.teachers])
         self.budget, self.batch, self.warmup = o.budget, o.batch, o.warmup
         self.gamma, self.lam, self._judges = o.gamma, o.lam, None
@@ -128,16 +139,27 @@ class DualActiveSelector(LoopSelector):
                             Y.append(float(a))
                 t_query += time.perf_counter() - t0
 
+            if self.strategy == "random":  # the baseline: random pairs, a random affordable teacher each
+                rng, picks, cost = self.rng("dual-random"), [], 0.0
+                for c in rng.permutation(len(cands)):
+                    affordable = np.flatnonzero(self.costs <= total - cost + 1e-9)
+                    if not len(affordable):
+                        break
+                    k = int(rng.choice(affordable))
+                    picks.append((int(c), k))
+                    cost += self.costs[k]
+                ask(picks)
             # Warm-up: random pairs, teachers in turn (the MLE needs data from every teacher to start).
             order = self.rng("dual-warmup").permutation(len(cands))
             warm, cost = [], 0.0
-            for q, c in enumerate(order[: (4 * K if self.warmup is None else int(self.warmup))]):
+            n_warm = 0 if self.strategy == "random" else 4 * K if self.warmup is None else int(self.warmup)
+            for q, c in enumerate(order[:n_warm]):
                 if cost + self.costs[q % K] <= total:
                     warm.append((int(c), q % K))
                     cost += self.costs[q % K]
             ask(warm)
             batches = 0
-            while Y:
+            while Y and self.strategy != "random":
                 remaining = np.flatnonzero(~asked)
                 room = total - spent
                 if not len(remaining) or room < self.costs.min():
@@ -145,7 +167,9 @@ class DualActiveSelector(LoopSelector):
                 theta, beta = fit_mle(np.array(Z), np.array(T), np.array(Y), K)
                 H = fisher(theta, beta, np.array(Z), np.array(T), self.lam)
                 b = int(min(self.batch, room // self.costs.min(), len(remaining)))
-                sel = select_batch(theta, beta, Zc[remaining], H, b * K, self.costs, unique=True)
+                # a teacher the remaining budget cannot pay for is ranked last (criterion 0), so the budget is spent
+                affordable = np.where(self.costs <= room + 1e-9, self.costs, np.inf)
+                sel = select_batch(theta, beta, Zc[remaining], H, b * K, affordable, unique=True)
                 picks, seen, cost = [], set(), 0.0
                 for pi, tk in zip(sel.pairs, sel.teachers):  # one teacher per pair; stop at the batch or budget
                     c = int(remaining[pi])
@@ -170,7 +194,8 @@ class DualActiveSelector(LoopSelector):
             scores = [lcb_scores(theta, H, f, self.gamma) for f in phi]
         self.last = {"theta": theta, "beta": beta, "H": H, "phi": phi, "scores": scores}
         labels = [t["label"] for t in self.teachers]
-        self.record(queries=dict(zip(labels, queries)), cost_per_teacher=dict(zip(labels, queries * self.costs)),
+        self.record(strategy=self.strategy, queries=dict(zip(labels, queries)),
+                    cost_per_teacher=dict(zip(labels, queries * self.costs)),
                     cost=spent, budget=total, beta=dict(zip(labels, beta)), batches=batches, candidates=len(cands),
                     features_dim=int(Zc.shape[1]), features_s=t_feat, queries_s=t_query,
                     fit_select_s=time.perf_counter() - t_start - t_feat - t_query)

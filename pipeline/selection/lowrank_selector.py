@@ -5,6 +5,10 @@ and Pessimism in Reduced Subspace. The estimator is pipeline/selection/lowrank.p
 one-hot personas; `fit_lowrank` (rank-r factorised MLE); scores = PRS lower bounds `LowRankReward.lcb` under the
 TARGET persona distribution, per prompt against its mean candidate. Label budget: K pairwise queries per prompt
 by default, what no transfer pays.
+
+`pooled` is the natural baseline on the same pairs, annotators and budget: every label gets the same context
+(d_x = 1, rank 1), so the fit is one Bradley–Terry reward over the whole labelling population, blind to who
+answered, and the target mix cannot move it.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class LowRankOptions(FeatureOptions, ArmOption):
     rank: int = f(2, ge=1, help="rank r of the contextual reward Θ = PQᵀ")
     budget: float | None = f(None, ge=0, help="pairwise queries per prompt (None = online.k, what no transfer pays)")
     gamma: float = f(1.0, ge=0, help="width of the PRS lower bound")
+    pooled: bool = f(False, "baseline: ignore the annotator's context (one context for every label, rank 1): a pooled "
+                            "reward on the same labels and budget")
 
 
 class LowRankSelector(LoopSelector):
@@ -66,9 +72,12 @@ class LowRankSelector(LoopSelector):
         self.population = {p: float(w) for p, w in population.items()}
         self.target = {p: float(w) for p, w in target.items()}
         self.teacher, self.rank, self.budget, self.gamma = o.teacher, o.rank, o.budget, o.gamma
+        self.pooled = o.pooled
         self._judges = {}
 
     def x_target(self) -> np.ndarray:
+        if self.pooled:
+            return np.ones(1)
         w = np.array([self.target.get(p, 0.0) for p in self.contexts])
         return w / w.sum()
 
@@ -92,7 +101,7 @@ class LowRankSelector(LoopSelector):
                 if persona not in self._judges:
                     self._judges[persona] = build_judge("oracle", {"persona": persona, "teacher": self.teacher})
                 counts[persona] = len(mine)
-                onehot = np.eye(len(self.contexts))[self.contexts.index(persona)]
+                onehot = np.ones(1) if self.pooled else np.eye(len(self.contexts))[self.contexts.index(persona)]
                 for c, ans in zip(mine, ask_pairs(ctx, self._judges[persona], [cands[c] for c in mine])):
                     if ans is not None:
                         p, i, j = cands[c]
@@ -102,14 +111,15 @@ class LowRankSelector(LoopSelector):
             if not Y:
                 self.record(personas=counts, labels=0, note="no annotator answers; no pairs")
                 return [[None] * len(ys) for ys in ctx.online]
-            rank = min(self.rank, len(self.contexts), len(Z[0]))
+            rank = min(self.rank, len(X[0]), len(Z[0]))
             t1 = time.perf_counter()
             model = fit_lowrank(np.array(X), np.array(Z), np.array(Y), rank)
             scores = [model.lcb(self.x_target(), f, self.gamma, center=True) for f in phi]
             t_fit = time.perf_counter() - t1
         self.last = {"model": model, "phi": phi, "x_target": self.x_target(), "scores": scores}
         sv = np.linalg.svd(model.Theta, compute_uv=False)
-        self.record(personas=counts, labels=len(Y), budget=n_q, rank=rank, contexts=self.contexts,
+        self.record(personas=counts, labels=len(Y), budget=n_q, rank=rank, pooled=self.pooled,
+                    contexts=["pooled"] if self.pooled else self.contexts,
                     target=self.target, theta_singular_values=sv[: rank + 1], features_dim=len(Z[0]),
                     features_s=t_feat, fit_select_s=t_fit)
         return [s.tolist() for s in scores]

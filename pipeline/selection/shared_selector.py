@@ -7,6 +7,9 @@ features with a regression head per source (standardised scores of every candida
 scores, so pairs are the proxy's best vs worst. Cross-fitted (`folds`, inferred): a prompt is scored by a model
 trained without that prompt's judge labels, so the proxy generalises the judge rather than echoing its noise on
 the very responses it ranks.
+
+`single_task` is the natural baseline: the same model, features, judge labels, folds and steps, but only the
+judge's BT head is trained (no source-score regression tasks), so what sharing adds is isolated.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class SharedOptions(EncoderOptions, ArmOption):
     lr: float = f(3e-3, gt=0, help="Adam learning rate")
     adapter: Literal["affine", "linear"] = f("affine", "per-task input adapter")
     folds: int = f(2, ge=1, help="cross-fitting folds (a prompt is scored by a model trained without its judge labels)")
+    single_task: bool = f(False, "baseline: train the judge head alone on the same labels (no source tasks)")
 
 
 class SharedSelector(LoopSelector):
@@ -50,7 +54,12 @@ class SharedSelector(LoopSelector):
         o = opts
         super().__init__(arms, seed, o.arm, 0, "encoder", o.dim, o.encoder)
         self.hidden, self.rep_dim, self.steps, self.batch_size = o.hidden, o.rep_dim, o.steps, o.batch_size
-        self.lr, self.adapter, self.folds = o.lr, o.adapter, o.folds
+        self.lr, self.adapter, self.folds, self.single_task = o.lr, o.adapter, o.folds, o.single_task
+
+    @property
+    def tasks(self) -> list[str]:
+        """The model's tasks after the judge: every source, none for the single-task baseline."""
+        return [] if self.single_task else list(self.arms)
 
     def _train(self, phi, pairs, judged, z, prompts: set, fold: int):
         """The proxy trained on the judge pairs of `prompts` and on every candidate's source scores."""
@@ -59,9 +68,9 @@ class SharedSelector(LoopSelector):
                       y=np.array([float(judged[p][i] > judged[p][j]) for p, i, j in mine]))
         X_all = np.vstack(phi)
         data = {0: bt, **{m_idx: TaskData("regression", X=X_all, y=np.concatenate(z[m]))
-                          for m_idx, m in enumerate(self.arms, 1)}}
+                          for m_idx, m in enumerate(self.tasks, 1)}}
         torch.manual_seed(self.seed * 1000 + self.t * 10 + fold)
-        model = SharedRewardModel(X_all.shape[1], ["bt"] + ["regression"] * len(self.arms), self.hidden,
+        model = SharedRewardModel(X_all.shape[1], ["bt"] + ["regression"] * len(self.tasks), self.hidden,
                                   self.rep_dim, self.adapter)
         history = train(model, data, self.steps, self.batch_size, self.lr, seed=self.seed * 1000 + self.t * 10 + fold)
         return model, history
@@ -77,7 +86,7 @@ class SharedSelector(LoopSelector):
             if not pairs:
                 self.record(note="no judge pairs to train the proxy on; judge scores used")
                 return judged
-            z = standardised_scores(ctx, self.arms, ctx.rows, cands)
+            z = standardised_scores(ctx, self.tasks, ctx.rows, cands)
             t1 = time.perf_counter()
             # Cross-fitting: a prompt's proxy scores come from a model that never saw that prompt's judge labels,
             # so the proxy generalises the judge instead of echoing its noise (folds = 1: one model on all).
@@ -98,6 +107,6 @@ class SharedSelector(LoopSelector):
         self.last = {"models": models, "fold_of": fold_of, "phi": phi, "scores": scores, "judged": judged}
         self.record(judge_pairs=len(pairs), folds=self.folds, heldout_proxy_judge_agreement=agree,
                     loss_first=[h[0] for h in histories], loss_last=[h[-1] for h in histories],
-                    tasks=["judge"] + list(self.arms), features_dim=int(phi[0].shape[1]), features_s=t1 - t0,
+                    tasks=["judge"] + self.tasks, features_dim=int(phi[0].shape[1]), features_s=t1 - t0,
                     fit_select_s=time.perf_counter() - t1)
         return [s.tolist() for s in scores]
