@@ -5,7 +5,7 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-slow lint run sft table diagnose stages stages-table validate judge bench clean
+.PHONY: venv demo xsum test test-slow lint run sft table diagnose stages stages-table validate judge bench clean
 
 venv: .venv/.ready
 .venv/.ready: pyproject.toml
@@ -21,6 +21,15 @@ venv: .venv/.ready
 demo: venv
 	$(PY) -m pipeline table recipes/demo.yaml
 	$(PY) -m eval.examples runs/demo
+
+# Real data at smoke scale (recipes/xsum_smollm2.yaml says what it shows): TPO vs no transfer with SmolLM2-135M + LoRA
+# on the XSum sample in ../shared/data, judged by the learned judge; outputs in runs/xsum_smollm2/table/
+XSUM_DATA := ../shared/data/xsum/xsum_sample.jsonl
+XSUM_JUDGE := runs/judge/xsumfaith_maynez2020/model
+xsum: venv
+	@if [ ! -f $(XSUM_DATA) ]; then echo "make xsum: skipped: $(XSUM_DATA) is absent (real XSum data is optional)"; \
+	elif [ ! -f $(XSUM_JUDGE)/config.json ]; then echo "make xsum: the learned judge $(XSUM_JUDGE) is missing; build it first: make judge JUDGMENTS=../shared/data/judgments/xsumfaith_maynez2020.jsonl (~30 min)"; exit 2; \
+	else $(PY) -m pipeline table recipes/xsum_smollm2.yaml $(ARGS); fi
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests

@@ -2,36 +2,22 @@
 
 Input rows: {id, document, reference, system, summary, human_score} (extra fields ignored; --columns reads one under
 another name). Rows whose document is null are skipped and counted. A learned judge's checkpoint records the
-documents it was trained on (TRAINING_RECORD); agreement on those documents is refused.
+documents it was trained on (pipeline/documents.py); agreement on those documents is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
 
+# document identity lives with the data stage, which leaves a learned judge's documents out too (data.exclude_docs_of)
+from pipeline.documents import document_keys, documents_of, shares_document, training_documents
+
 REQUIRED = ("id", "document", "reference", "system", "summary", "human_score")
-TRAINING_RECORD = "judge_training.json"  # in a learned judge's checkpoint: what it was trained on
 
 
 class AgreementError(ValueError):
     """A user mistake (missing file or column, unknown scorer): printed as one line."""
-
-
-def document_key(text: str) -> str:
-    """Text identity of a document across files that name it differently (ids are not always shared)."""
-    return hashlib.sha1(" ".join((text or "").lower().split()).encode("utf-8")).hexdigest()[:16]
-
-
-def document_keys(rows: list[dict]) -> set[str]:
-    """Every id and text key of the rows' documents: two files share a document when either matches."""
-    return {r["id"] for r in rows} | {"text:" + document_key(r["document"]) for r in rows}
-
-
-def shares_document(row: dict, keys) -> bool:
-    """Whether the row's document is among document_keys() `keys` (by id or by text)."""
-    return str(row["id"]) in keys or "text:" + document_key(row["document"]) in keys
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -91,23 +77,12 @@ def load_judgments(path: str | Path, max_docs: int = 0, exclude_systems=(), excl
     return rows, skipped
 
 
-def training_documents(model_dir: str) -> set[str] | None:
-    """document_keys() a learned judge was trained on (from its checkpoint's record), or None for other models."""
-    record = Path(model_dir) / TRAINING_RECORD
-    if not record.is_file():
-        return None
-    return set(json.loads(record.read_text(encoding="utf-8"))["documents"])
-
-
 def excluded_documents(path: str) -> set[str]:
     """document_keys() of a judgments file, or the training documents of a learned judge's checkpoint directory."""
-    if Path(path).is_dir():
-        seen = training_documents(path)
-        if seen is None:
-            raise AgreementError(f"--exclude-docs-of {path}: a directory without {TRAINING_RECORD} "
-                                 "(not a learned judge)")
-        return seen
-    return document_keys(load_judgments(path)[0])
+    try:
+        return documents_of(path, "--exclude-docs-of")
+    except ValueError as e:
+        raise AgreementError(str(e)) from None
 
 
 def refuse_seen_documents(scorers, rows: list[dict]) -> None:

@@ -45,8 +45,9 @@ import numpy as np
 
 from eval.agreement_metrics import agreement, pair_counts, paired_difference, ratio_interval
 from eval.agreement_report import fmt, write_scores
-from eval.judgments import TRAINING_RECORD, AgreementError, doc_groups, document_key, document_keys, load_judgments
+from eval.judgments import AgreementError, doc_groups, load_judgments
 from eval.scoring import CHEAP_SCORERS, resolve_scorers, run_source
+from pipeline.documents import TRAINING_RECORD, document_key, document_keys
 from pipeline.durable import file_sha256
 from reward_sources.judge_input import FORMAT, format_pairs
 

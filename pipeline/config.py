@@ -99,6 +99,9 @@ class DataConfig:
     test_size: int = f(200, "rows in the held-out test split (used for win rates)", ge=0)
     max_document_words: int = f(400, "documents longer than this are truncated (counted in the data report)", ge=1)
     seed: int = f(0, "seed of generation and split shuffling")
+    exclude_docs_of: str = f("", "leave out every row whose document (same id, or same text) a learned judge was "
+                                 "trained on: its checkpoint directory (judge_training.json), or any JSON-lines file "
+                                 "of rows with id and document ('' = keep every row); counted in the data report")
     world: WorldConfig = f(WorldConfig(), "synthetic news world knobs")
 
 

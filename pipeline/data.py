@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline import world
 from pipeline.config import ConfigError, DataConfig
+from pipeline.documents import documents_of, shares_document
 from pipeline.durable import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ class DataError(ValueError):
     pass
 
 
-def _normalise(raw_rows, origin: str, cfg: DataConfig, report: dict) -> list[dict]:
+def _normalise(raw_rows, origin: str, cfg: DataConfig, report: dict, exclude=frozenset()) -> list[dict]:
+    """Rows in the one schema; empty, duplicate and excluded (`exclude`: document keys, pipeline/documents.py)
+    rows are left out and counted, long documents cut (after the exclusion check, which compares full texts)."""
     rows, seen = [], set()
     for i, r in enumerate(raw_rows):
         missing = [c for c in ("document", "summary") if c not in r]
@@ -40,6 +43,9 @@ def _normalise(raw_rows, origin: str, cfg: DataConfig, report: dict) -> list[dic
             report["skipped_duplicate_id"] += 1
             continue
         seen.add(rid)
+        if exclude and shares_document({"id": rid, "document": doc}, exclude):
+            report["excluded_document"] += 1
+            continue
         words = doc.split(" ")
         if len(words) > cfg.max_document_words:
             doc = " ".join(words[: cfg.max_document_words])
@@ -89,7 +95,8 @@ def _from_datasets(cfg: DataConfig) -> dict[str, list]:
 
 def load_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
     """Rows per split (train/eval/test) and a report of what was skipped or truncated."""
-    report = {"source": cfg.source, "skipped_empty": 0, "skipped_duplicate_id": 0, "truncated": 0}
+    report = {"source": cfg.source, "skipped_empty": 0, "skipped_duplicate_id": 0, "excluded_document": 0,
+              "truncated": 0}
     if cfg.source == "synthetic":
         raw = {"all": world.generate(cfg.n_examples, cfg.world, cfg.seed)}
     elif cfg.source in ("local", "hub"):
@@ -98,6 +105,12 @@ def load_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
         raw = _from_datasets(cfg)
     else:
         raise ConfigError(f"unknown data.source '{cfg.source}'")
+    exclude = frozenset()
+    if cfg.exclude_docs_of:  # after the data: a missing data file is named first
+        try:
+            exclude = documents_of(cfg.exclude_docs_of, "data.exclude_docs_of")
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     # Respect given splits (a `split` column or the hub's own), otherwise carve eval/test from a seeded shuffle.
     by_split: dict[str, list] = {s: [] for s in SPLITS}
@@ -107,8 +120,8 @@ def load_rows(cfg: DataConfig) -> tuple[dict[str, list[dict]], dict]:
             split = _SPLIT_ALIASES.get(str(r.get("split", name)))
             (by_split[split] if split else unsplit).append(r)
     origin = cfg.source if cfg.source == "synthetic" else f"{cfg.source} '{cfg.path}'"
-    splits = {s: _normalise(by_split[s], f"{origin} split {s}", cfg, report) for s in SPLITS}
-    rest = _normalise(unsplit, origin, cfg, report)
+    splits = {s: _normalise(by_split[s], f"{origin} split {s}", cfg, report, exclude) for s in SPLITS}
+    rest = _normalise(unsplit, origin, cfg, report, exclude)
     rng = random.Random(cfg.seed)
     rng.shuffle(rest)
     if rest:

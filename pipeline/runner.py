@@ -54,6 +54,19 @@ STAGE_KEYS = {"data": ("seed", "data"), "sft": ("seed", "data", "policy", "sft")
 # A finished iteration is the same whatever these say: more iterations continue the run, and the failure threshold
 # only decides whether an unfinished one may go on.
 _NOT_OUTPUTS = {"iterations", "max_judge_failure_rate"}
+# Keys added after runs existed, with the value that means "as before": left out of the comparison with a run's
+# saved config.yaml and of the stage fingerprints while they hold it, so a run started before the key existed
+# resumes as it was (no --force, no stage redone).
+_ADDED_LATER = {("data", "exclude_docs_of"): ""}
+
+
+def _comparable(config: dict) -> dict:
+    """The config without _ADDED_LATER keys that hold their as-before value."""
+    out = dict(config)
+    for (section, key), as_before in _ADDED_LATER.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, as_before) == as_before:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def configure_threads() -> int:
@@ -78,6 +91,7 @@ def _diff(a, b, prefix=""):
 
 
 def fingerprint(config: dict, stage: str) -> str:
+    config = _comparable(config)
     keys = {k: config.get(k) for k in STAGE_KEYS[stage]}
     if isinstance(keys.get("online"), dict):
         keys["online"] = {k: v for k, v in keys["online"].items() if k not in _NOT_OUTPUTS}
@@ -157,7 +171,7 @@ def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
         raise StateError(f"'{saved}' is corrupt; delete it to take this recipe as the run's own (stages.json still "
                          "decides which finished stages it makes stale)")
     # how many processes train at once changes no result: not a change of recipe
-    changed = [k for k in _diff(old, new) if k != "table.jobs"] if old is not None else []
+    changed = [k for k in _diff(_comparable(old), _comparable(new)) if k != "table.jobs"] if old is not None else []
     stale = _stale(out, old, new)
     if (changed or stale) and not force:
         redo = f"; --force redoes {', '.join(stale)}" if stale else ""
@@ -260,7 +274,8 @@ def stage_data(recipe: Recipe) -> None:
     report = data_stage.run_data(recipe.data, d)
     print(f"data: {report['n_train']} train / {report['n_eval']} eval / {report['n_test']} test rows "
           f"({report['skipped_empty']} empty and {report['skipped_duplicate_id']} duplicate skipped, "
-          f"{report['truncated']} truncated)", flush=True)
+          + (f"{report['excluded_document']} left out by data.exclude_docs_of, " if recipe.data.exclude_docs_of else "")
+          + f"{report['truncated']} truncated)", flush=True)
     _mark(d, report)
 
 

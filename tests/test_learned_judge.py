@@ -11,9 +11,10 @@ import pytest
 
 from eval.agreement import main as validate_main
 from eval.agreement_metrics import agreement
-from eval.judgments import document_key, load_judgments
+from eval.judgments import load_judgments
 from eval.learned_judge import Options, Trainer, doc_folds, save_judge
 from eval.learned_judge import main as judge_main
+from pipeline.documents import document_key
 
 TOPICS = ("council budget school road bridge river market farm hospital court police museum station harbour "
           "festival library stadium factory airport village").split()
