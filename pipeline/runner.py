@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from eval import winrate
 from pipeline import data as data_stage
 from pipeline import distributed
-from pipeline.config import ConfigError, Recipe, save_resolved, to_dict
+from pipeline.config import ConfigError, OnlineConfig, Recipe, save_resolved, to_dict
 from pipeline.durable import MANIFEST, StateError, atomic_write_text, crash_point, verify_manifest, write_manifest
 from pipeline.labels import LabelStore
 from pipeline.models import load_policy, train_world_tokenizer
@@ -370,23 +370,31 @@ def build_scorers(recipe: Recipe) -> dict:
 
 
 def stage_online(recipe: Recipe) -> None:
-    d = recipe.out / "online"
-    if online_finished(d, recipe.online.iterations):
+    online_run(recipe, recipe.out, recipe.online)
+
+
+def online_run(recipe: Recipe, out: Path, online: OnlineConfig, judge=None, scorers: dict | None = None) -> None:
+    """The online stage of `recipe` with the settings `online`, writing under `out` (the recipe's own run folder,
+    or one (method, seed) row of a table, which shares the recipe's SFT checkpoint and source models): resumed from
+    its DONE markers, its inputs verified, the label store's count checked, finished iterations sealed. The judge
+    and sources are built here unless given (a table trains several runs with one set in one process)."""
+    d = out / "online"
+    if online_finished(d, online.iterations):
         return
-    seed_everything(recipe.online.seed)
     if distributed.is_main():
-        _verify_inputs(recipe)
+        _verify_inputs(recipe, d)
         for it in d.glob("iter_*"):  # an unfinished iteration is redone: a manifest of its earlier outputs is void
             if not _done(it):
                 (it / MANIFEST).unlink(missing_ok=True)
-    judge = build_judge(recipe)
-    scorers = build_scorers(recipe)
+    judge = build_judge(recipe) if judge is None else judge
+    scorers = build_scorers(recipe) if scorers is None else scorers
     # the label store is the main process's alone: labels are asked and written once
-    store = LabelStore(recipe.out / "labels.sqlite") if distributed.is_main() else None
+    store = LabelStore(out / "labels.sqlite") if distributed.is_main() else None
     try:
         if store is not None:
-            check_label_count(recipe.out, store)
-        results = run_online(recipe.policy, recipe.out / "sft" / "model", recipe.online,
+            check_label_count(out, store)
+        seed_everything(online.seed)  # right before training: a run never depends on what was built before it
+        results = run_online(recipe.policy, recipe.out / "sft" / "model", online,
                              load_split(recipe.out / "data", "train"), judge, store, scorers, d)
     finally:
         if store is not None:
@@ -399,12 +407,12 @@ def stage_online(recipe: Recipe) -> None:
     distributed.barrier()
 
 
-def _verify_inputs(recipe: Recipe) -> None:
+def _verify_inputs(recipe: Recipe, online_dir: Path | None = None) -> None:
     """What the online and eval stages load: the SFT checkpoint, the source models, the finished iterations."""
     verify(recipe.out / "sft", "redo SFT (and every stage after it)")
     for sm in recipe.source_models:
         verify(recipe.out / "sources" / sm.label, f"retrain source model '{sm.label}'")
-    for it in sorted((recipe.out / "online").glob("iter_*/DONE")):
+    for it in sorted((online_dir or recipe.out / "online").glob("iter_*/DONE")):
         verify(it.parent, f"redo {it.parent.name} (and the iterations after it)")
 
 

@@ -51,13 +51,13 @@ from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.models import load_policy
-from pipeline.online import run_online
 from pipeline.runner import (
     build_judge,
     build_scorers,
     configure_threads,
     load_split,
     online_finished,
+    online_run,
     policy_config,
     run,
     seed_everything,
@@ -124,23 +124,13 @@ def run_dir(recipe: Recipe, method: str, seed: int) -> Path:
 
 def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, training_seed: int,
               judge=None, scorers: dict | None = None) -> None:
-    """One (method, seed) online run, resumed from its DONE markers. A worker process builds its own judge and
-    sources; seeding is the same either way, so a run's results do not depend on table.jobs."""
-    if judge is None:
-        judge, scorers = build_judge(recipe), build_scorers(recipe)
-    out = run_dir(recipe, label, seed)
+    """One (method, seed) online run: the runner's online stage in the row's own folder (resumed, verified,
+    sealed like any run's). A worker process builds its own judge and sources; seeding is the same either way, so
+    a run's results do not depend on table.jobs."""
     print(f"\n== {label}, seed {seed}" + (f" (training seed {training_seed})" if training_seed != seed else "")
           + " ==", flush=True)
-    seed_everything(training_seed)
     cfg = dataclasses.replace(recipe.online, seed=training_seed, selector=selector)
-    used = scorers if selector.name != "none" else {}
-    rows = load_split(recipe.out / "data", "train")
-    store = LabelStore(out / "labels.sqlite")
-    try:
-        run_online(recipe.policy, recipe.out / "sft" / "model", cfg, rows, judge, store, used, out / "online")
-    finally:
-        store.close()
-    atomic_write_text(out / "online" / "DONE", "")
+    online_run(recipe, run_dir(recipe, label, seed), cfg, judge, {} if selector.name == "none" else scorers)
 
 
 def train_all(recipe: Recipe, judge, scorers: dict, jobs: int = 1) -> None:

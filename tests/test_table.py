@@ -136,6 +136,32 @@ def test_jobs_give_the_same_runs_and_a_failure_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_table_row_is_resumed_sealed_and_guarded_like_any_run(tmp_path):
+    """A (method, seed) row goes through the runner's online stage: its finished iterations are sealed with a
+    checksum manifest, a tampered checkpoint is refused on resume, and a label store that lost labels is refused."""
+    from pipeline.durable import MANIFEST, StateError
+    from pipeline.runner import run
+    from pipeline.table import train_one
+
+    one = "table.methods=[{label: no_transfer, selector: {name: none}}]"
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY, one, "table.aa=false"])
+    run(recipe, until="sources")
+    selector = methods(recipe)[0][1]
+    train_one(recipe, "no_transfer", selector, 0, 0)
+    row = run_dir(recipe, "no_transfer", 0)
+    assert (row / "online" / "iter_1" / MANIFEST).exists()
+    (row / "online" / "DONE").unlink()  # the row is resumed, not skipped
+    weights = row / "online" / "iter_1" / "model" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-8] + bytes(8))
+    with pytest.raises(StateError, match="changed since"):
+        train_one(recipe, "no_transfer", selector, 0, 0)
+    weights.write_bytes(good)
+    (row / "labels.sqlite").unlink()
+    with pytest.raises(StateError, match="holds 0 labels"):
+        train_one(recipe, "no_transfer", selector, 0, 0)
+
+
 def test_table_method_errors_fail_before_any_stage(tmp_path):
     bad_name = STAGES.replace("name: shared", "name: sharde")
     with pytest.raises(ConfigError,
