@@ -6,12 +6,11 @@ documents it was trained on (pipeline/documents.py); agreement on those document
 """
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
 # document identity lives with the data stage, which leaves a learned judge's documents out too (data.exclude_docs_of)
-from pipeline.documents import document_keys, documents_of, shares_document, training_documents
+from pipeline.documents import document_keys, documents_of, json_lines, shares_document, training_documents
 
 REQUIRED = ("id", "document", "reference", "system", "summary", "human_score")
 
@@ -40,32 +39,25 @@ def load_judgments(path: str | Path, max_docs: int = 0, exclude_systems=(), excl
     if not path.is_file():
         raise AgreementError(f"judgments file {path} not found")
     rows, skipped = [], {"null_document": 0, "null_summary_or_score": 0, "excluded_system": 0, "excluded_document": 0}
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AgreementError(f"{path}:{n} is not valid JSON ({e.msg})") from None
-            if columns:
-                row = {**row, **{ours: row[theirs] for ours, theirs in columns.items() if theirs in row}}
-            missing = [c for c in REQUIRED if c not in row]
-            if missing:
-                raise AgreementError(f"{path}:{n} lacks column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} "
-                                     "(--columns NAME=FILE_COLUMN reads one under another name)")
-            if row["document"] is None:
-                skipped["null_document"] += 1
-            elif row["summary"] is None or row["human_score"] is None:
-                skipped["null_summary_or_score"] += 1
-            elif row["system"] in exclude_systems:
-                skipped["excluded_system"] += 1
-            elif exclude_docs and shares_document(row, exclude_docs):
-                skipped["excluded_document"] += 1
-            else:
-                rows.append({"id": str(row["id"]), "document": row["document"], "reference": row["reference"],
-                             "system": str(row["system"]), "summary": row["summary"],
-                             "human_score": float(row["human_score"])})
+    for n, row in json_lines(path, AgreementError):
+        if columns:
+            row = {**row, **{ours: row[theirs] for ours, theirs in columns.items() if theirs in row}}
+        missing = [c for c in REQUIRED if c not in row]
+        if missing:
+            raise AgreementError(f"{path}:{n} lacks column(s) {', '.join(missing)}; need {', '.join(REQUIRED)} "
+                                 "(--columns NAME=FILE_COLUMN reads one under another name)")
+        if row["document"] is None:
+            skipped["null_document"] += 1
+        elif row["summary"] is None or row["human_score"] is None:
+            skipped["null_summary_or_score"] += 1
+        elif row["system"] in exclude_systems:
+            skipped["excluded_system"] += 1
+        elif exclude_docs and shares_document(row, exclude_docs):
+            skipped["excluded_document"] += 1
+        else:
+            rows.append({"id": str(row["id"]), "document": row["document"], "reference": row["reference"],
+                         "system": str(row["system"]), "summary": row["summary"],
+                         "human_score": float(row["human_score"])})
     order = list(OrderedDict.fromkeys(r["id"] for r in rows))
     if max_docs:
         order = order[:max_docs]

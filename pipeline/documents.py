@@ -29,6 +29,20 @@ def shares_document(row: dict, keys) -> bool:
     return str(row["id"]) in keys or "text:" + document_key(row["document"]) in keys
 
 
+def json_lines(path, error: type[Exception] = ValueError, where: str = ""):
+    """(line number, parsed value) of each non-blank line of a JSON-lines file; a line that is not JSON raises
+    `error` with one line naming the file and line (`where` prefixes it, e.g. the option that named the file)."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}{path}:{n} is not valid JSON ({e.msg})") from None
+            yield n, value
+
+
 def training_documents(model_dir: str) -> set[str] | None:
     """document_keys() a learned judge was trained on (from its checkpoint's record), or None for other models."""
     record = Path(model_dir) / TRAINING_RECORD
@@ -51,17 +65,10 @@ def documents_of(path: str, what: str) -> set[str]:
     if not p.is_file():
         raise ValueError(f"{what} {path}: no such file or directory")
     keys = set()
-    with p.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{what} {path}:{n} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or row.get("id") is None:
-                raise ValueError(f"{what} {path}:{n} has no 'id'; need rows with id and document")
-            keys.add(str(row["id"]))
-            if isinstance(row.get("document"), str):
-                keys.add("text:" + document_key(row["document"]))
+    for n, row in json_lines(p, where=f"{what} "):
+        if not isinstance(row, dict) or row.get("id") is None:
+            raise ValueError(f"{what} {path}:{n} has no 'id'; need rows with id and document")
+        keys.add(str(row["id"]))
+        if isinstance(row.get("document"), str):
+            keys.add("text:" + document_key(row["document"]))
     return keys

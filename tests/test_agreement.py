@@ -108,6 +108,9 @@ def test_max_docs_and_input_errors(tmp_path, scorer_module, capsys):
     assert "unknown scorer 'rogue1'" in err and "Did you mean 'rouge1'" in err
     assert main([str(tmp_path / "missing.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
+    bad.write_text(path.read_text().splitlines()[0] + "\n{not json\n")
+    assert main([str(bad), "--out", str(tmp_path / "o"), "--scorers", "rouge1"]) == 2
+    assert "bad.jsonl:2 is not valid JSON (" in capsys.readouterr().err
 
 
 def test_a_failing_scorer_is_reported_and_the_others_kept(tmp_path, scorer_module, capsys):

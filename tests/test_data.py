@@ -101,6 +101,9 @@ def test_exclude_docs_of_a_jsonl_file_and_its_errors(tmp_path):
     other.write_text('{"document": "no id"}\n')
     with pytest.raises(DataError, match=r"judgments.jsonl:1 has no 'id'"):
         load_rows(DataConfig(source="local", path=str(path), exclude_docs_of=str(other)))
+    other.write_text('{"id": "a", "document": "x"}\n\n{"id": \n')  # blank lines do not count as rows
+    with pytest.raises(DataError, match=r"^data.exclude_docs_of .*judgments.jsonl:3 is not valid JSON \("):
+        load_rows(DataConfig(source="local", path=str(path), exclude_docs_of=str(other)))
 
 
 def test_a_run_started_before_exclude_docs_of_existed_resumes_as_it_was(tmp_path):
