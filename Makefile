@@ -65,12 +65,14 @@ stages: venv
 	$(PY) -m pipeline.selection.report $(ARGS)
 
 # The four stages in the loop, each beside its natural baseline, plus ensemble and linucb (recipes/stages.yaml) ->
-# runs/stage_table/table/paired.{csv,md}. Reuses the testbed's finished data, SFT and source model from runs/table_nll
+# runs/stage_table/table/paired.{csv,md}, and what each stage did (ν̂, teacher shares, proxy accuracy) ->
+# runs/stage_table/table/stages.{md,png}. Reuses the testbed's finished data, SFT and source model from runs/table_nll
 # (same stage fingerprints; a fresh source model alone takes ~28 min) when runs/stage_table has none yet.
 stages-table: venv
 	@if [ ! -e runs/stage_table/stages.json ] && [ -e runs/table_nll/sources ]; then mkdir -p runs/stage_table && \
 		cp -r runs/table_nll/data runs/table_nll/sft runs/table_nll/sources runs/table_nll/stages.json runs/stage_table/; fi
 	$(PY) -m pipeline table recipes/stages.yaml $(ARGS)
+	$(PY) -m eval.stage_report runs/stage_table
 
 # --recipe (extra sources from a recipe) only when RECIPE is given on the command line.
 validate: venv

@@ -1,0 +1,240 @@
+"""What each selection stage did inside a table's runs: `python -m eval.stage_report RUN_DIR` (make stages-table runs it
+after the table) writes RUN_DIR/table/stages.md and stages.png.
+
+It reads what the selectors recorded per iteration (`selector` in methods/<label>/seed<s>/online/iter_<t>/
+metrics.json), the sources' measured agreement with the judge's utility (world_report.json) and the paired utility
+rows (table/paired.csv), so it needs no model and no torch:
+- relevance: ν̂ per source (mean and range over seeds) next to each source's agreement with the oracle, and the
+  share of the scoring budget each source got; does ν̂ rank the sources as their agreement does?
+- dual_active (every variant): queries and cost per teacher.
+- lowrank (every variant): annotators per persona and labels.
+- shared (every variant): the proxy's agreement with the judge on held-out judge pairs (cross-fitted).
+- every stage against its own baseline(s): the paired rows of table.pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+STAGES = ("relevance", "dual_active", "lowrank", "shared")
+
+
+class ReportError(ValueError):
+    pass
+
+
+def stage_methods(run_dir: Path) -> dict[str, list[str]]:
+    """Selector name -> the table's method labels that use it (a stage and its baseline variants)."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{run_dir} has no config.yaml: not a run directory") from None
+    out: dict[str, list[str]] = {}
+    for m in (config.get("table") or {}).get("methods") or []:
+        name = (m.get("selector") or {}).get("name")
+        if name in STAGES:
+            out.setdefault(name, []).append(m["label"])
+    return out
+
+
+def selector_info(run_dir: Path, label: str) -> dict[int, list[dict]]:
+    """Iteration -> the selector's record of every seed that finished it."""
+    out: dict[int, list[dict]] = {}
+    for path in sorted((run_dir / "methods" / label).glob("seed*/online/iter_*/metrics.json")):
+        t = int(path.parent.name.split("_")[1])
+        out.setdefault(t, []).append(json.loads(path.read_text(encoding="utf-8")).get("selector") or {})
+    return out
+
+
+def _mean_range(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():+.3f} [{v.min():+.3f}, {v.max():+.3f}]" if len(v) else "n/a"
+
+
+def _per_key(records: list[dict], field: str) -> dict[str, list[float]]:
+    keys: dict[str, list[float]] = {}
+    for r in records:
+        for k, v in (r.get(field) or {}).items():
+            keys.setdefault(k, []).append(float(v))
+    return keys
+
+
+def relevance_section(run_dir: Path, labels: list[str], agreement: dict) -> tuple[list[str], dict]:
+    lines, plot = [], {}
+    for label in labels:
+        for t, records in sorted(selector_info(run_dir, label).items()):
+            nu, alloc = _per_key(records, "nu"), _per_key(records, "allocation")
+            if not nu:
+                continue
+            lines += [f"**{label}, iteration {t}** ({len(records)} seeds)", "",
+                      "| source | ν̂ mean [min, max over seeds] | scoring-budget share | agreement with the oracle |",
+                      "|---|---|---|---|"]
+            for m in nu:
+                agree = agreement.get(m)
+                lines.append(f"| {m} | {_mean_range(nu[m])} | {np.mean(alloc.get(m, [np.nan])):.2f} | "
+                             + (f"{agree:.3f} |" if agree is not None else "n/a |"))
+            by_nu = sorted(nu, key=lambda m: -np.mean(nu[m]))
+            by_agree = sorted([m for m in nu if m in agreement], key=lambda m: -agreement[m])
+            lines += ["", f"ν̂ ranks {' > '.join(by_nu)}; agreement ranks {' > '.join(by_agree)}"
+                      + (" (the same order)." if by_nu == by_agree else " (a different order)."), ""]
+            plot[(label, t)] = {m: float(np.mean(v)) for m, v in nu.items()}
+    return lines, plot
+
+
+def teacher_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict]:
+    lines = ["| method | iteration | seeds | queries per teacher (mean over seeds) | cost per teacher "
+             "| cost / budget |", "|---|---|---|---|---|---|"]
+    plot = {}
+    for label in labels:
+        for t, records in sorted(selector_info(run_dir, label).items()):
+            q, c = _per_key(records, "queries"), _per_key(records, "cost_per_teacher")
+            spent = np.mean([r.get("cost", np.nan) for r in records])
+            budget = np.mean([r.get("budget", np.nan) for r in records])
+            lines.append(f"| {label} | {t} | {len(records)} | "
+                         + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in q.items()) + " | "
+                         + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in c.items())
+                         + f" | {spent:.1f} / {budget:.1f} |")
+            plot[(label, t)] = {k: float(np.mean(v)) for k, v in q.items()}
+    return lines, plot
+
+
+def persona_section(run_dir: Path, labels: list[str]) -> list[str]:
+    lines = ["| method | iteration | seeds | annotators per persona (mean over seeds) | labels | pooled |",
+             "|---|---|---|---|---|---|"]
+    for label in labels:
+        for t, records in sorted(selector_info(run_dir, label).items()):
+            p = _per_key(records, "personas")
+            lines.append(f"| {label} | {t} | {len(records)} | "
+                         + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in p.items())
+                         + f" | {np.mean([r.get('labels', np.nan) for r in records]):.0f} | "
+                         + f"{records[0].get('pooled', False)} |")
+    return lines
+
+
+def shared_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict]:
+    lines = ["| method | iteration | seeds | judge pairs | held-out proxy–judge agreement, mean [min, max] |",
+             "|---|---|---|---|---|"]
+    plot = {}
+    for label in labels:
+        for t, records in sorted(selector_info(run_dir, label).items()):
+            agree = [r["heldout_proxy_judge_agreement"] for r in records if "heldout_proxy_judge_agreement" in r]
+            pairs = np.mean([r.get("judge_pairs", np.nan) for r in records])
+            lines.append(f"| {label} | {t} | {len(records)} | {pairs:.0f} | {_mean_range(agree)} |")
+            plot[(label, t)] = agree
+    return lines, plot
+
+
+def paired_rows(run_dir: Path, stage_labels: set[str]) -> list[dict]:
+    path = run_dir / "table" / "paired.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["method"] in stage_labels or r["baseline"] in stage_labels]
+
+
+def report(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    stages = stage_methods(run_dir)
+    if not stages:
+        raise ReportError(f"{run_dir}: the table has no selection-stage methods ({', '.join(STAGES)})")
+    try:
+        agreement = json.loads((run_dir / "world_report.json").read_text(encoding="utf-8")).get("agreement", {})
+    except FileNotFoundError:
+        agreement = {}
+    md = [f"# Selection stages in {run_dir}", ""]
+    plots = {}
+    if "relevance" in stages:
+        lines, plots["relevance"] = relevance_section(run_dir, stages["relevance"], agreement)
+        md += ["## relevance: ν̂ per source against each source's agreement with the oracle", ""] + lines
+    if "dual_active" in stages:
+        lines, plots["dual_active"] = teacher_section(run_dir, stages["dual_active"])
+        md += ["## dual_active: teacher shares at equal cost", ""] + lines + [""]
+    if "lowrank" in stages:
+        md += ["## lowrank: who labelled", ""] + persona_section(run_dir, stages["lowrank"]) + [""]
+    if "shared" in stages:
+        lines, plots["shared"] = shared_section(run_dir, stages["shared"])
+        md += ["## shared: the proxy's accuracy on held-out judge pairs", ""] + lines + [""]
+    rows = paired_rows(run_dir, {lab for labs in stages.values() for lab in labs})
+    if rows:
+        md += ["## Each stage against its baselines (exact utility, paired per training seed; table/paired.csv)", "",
+               "| method | vs | iteration | seeds | Δu [95 % t-interval over seeds] |", "|---|---|---|---|---|"]
+        md += [f"| {r['method']} | {r['baseline']} | {r['iteration']} | {r['seeds']} | "
+               f"{float(r['mean_diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}] |" for r in rows]
+        plots["paired"] = rows
+    out = run_dir / "table"
+    out.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(md).rstrip() + "\n"
+    (out / "stages.md").write_text(text, encoding="utf-8")
+    plot(plots, out / "stages.png")
+    return text
+
+
+def plot(plots: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    ax = axes[0]
+    for i, ((label, t), nu) in enumerate(sorted(plots.get("relevance", {}).items())):
+        xs = np.arange(len(nu)) + 0.8 * i / max(1, len(plots["relevance"]))
+        ax.bar(xs, list(nu.values()), width=0.8 / max(1, len(plots["relevance"])), label=f"{label} it{t}")
+        ax.set_xticks(np.arange(len(nu)) + 0.3, list(nu))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title("relevance: ν̂ per source (mean over seeds)")
+    ax = axes[1]
+    teachers = plots.get("dual_active", {})
+    for i, (_, q) in enumerate(sorted(teachers.items())):
+        bottom = 0.0
+        for k, v in q.items():
+            ax.bar(i, v, bottom=bottom, label=k if i == 0 else None, color=f"C{list(q).index(k)}")
+            bottom += v
+    ax.set_xticks(range(len(teachers)), [f"{lab}\nit{t}" for lab, t in sorted(teachers)], fontsize=7)
+    ax.set_title("dual_active: queries per teacher")
+    ax = axes[2]
+    for label in sorted({lab for lab, _ in plots.get("shared", {})}):
+        pts = sorted((t, np.mean(v)) for (lab, t), v in plots["shared"].items() if lab == label and v)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_title("shared: held-out proxy–judge agreement")
+    ax.set_xlabel("iteration")
+    ax = axes[3]
+    rows = plots.get("paired", [])
+    names = [f"{r['method']} − {r['baseline']} it{r['iteration']}" for r in rows]
+    mid = np.array([float(r["mean_diff"]) for r in rows])
+    lo = np.array([float(r["ci_low"]) for r in rows])
+    hi = np.array([float(r["ci_high"]) for r in rows])
+    if rows:
+        ax.errorbar(mid, range(len(rows)), xerr=[np.nan_to_num(mid - lo), np.nan_to_num(hi - mid)], fmt="o")
+        ax.set_yticks(range(len(rows)), names, fontsize=6)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_title("Δ exact utility [95 % CI over seeds]")
+    for ax in axes[:3]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.stage_report", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="a table's run directory, e.g. runs/stage_table")
+    args = ap.parse_args(argv)
+    try:
+        print(report(Path(args.run_dir)))
+    except (ReportError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import csv
+import json
+
+import yaml
+
+from eval.stage_report import main, report
+
+
+def _write_run(root):
+    methods = [{"label": "no_transfer", "selector": {"name": "none"}},
+               {"label": "relevance", "selector": {"name": "relevance"}},
+               {"label": "dual_active", "selector": {"name": "dual_active"}},
+               {"label": "dual_active:cheapest",
+                "selector": {"name": "dual_active", "params": {"strategy": "cheapest"}}},
+               {"label": "shared", "selector": {"name": "shared"}}]
+    (root / "config.yaml").write_text(yaml.safe_dump({"name": "x", "table": {"methods": methods}}))
+    (root / "world_report.json").write_text(json.dumps({"agreement": {"n_pairs": 9, "good": 0.8, "bad": 0.55}}))
+    records = {
+        "relevance": [{"nu": {"good": 0.3, "bad": 0.0}, "allocation": {"good": 0.9, "bad": 0.1}},
+                      {"nu": {"good": 0.1, "bad": 0.02}, "allocation": {"good": 0.7, "bad": 0.3}}],
+        "dual_active": [{"queries": {"expert": 2, "novice": 4}, "cost_per_teacher": {"expert": 4.0, "novice": 2.0},
+                         "cost": 6.0, "budget": 6.0}] * 2,
+        "dual_active:cheapest": [{"queries": {"expert": 0, "novice": 12}, "cost_per_teacher": {"expert": 0.0,
+                                  "novice": 6.0}, "cost": 6.0, "budget": 6.0}] * 2,
+        "shared": [{"judge_pairs": 40, "heldout_proxy_judge_agreement": 0.6},
+                   {"judge_pairs": 40, "heldout_proxy_judge_agreement": 0.7}],
+    }
+    for label, recs in records.items():
+        for seed, rec in enumerate(recs):
+            d = root / "methods" / label / f"seed{seed}" / "online" / "iter_1"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"iteration": 1, "selector": rec}))
+    (root / "table").mkdir()
+    with open(root / "table" / "paired.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "baseline", "iteration", "seeds", "mean_diff", "ci_low", "ci_high", "expected_win_rate"])
+        w.writerow(["tpo", "no_transfer", 1, 2, 0.1, -0.1, 0.3, 0.52])  # no stage in it: left out
+        w.writerow(["dual_active", "dual_active:cheapest", 1, 2, 0.05, -0.02, 0.12, 0.51])
+
+
+def test_stage_report_reads_what_the_selectors_recorded(tmp_path):
+    _write_run(tmp_path)
+    md = report(tmp_path)
+    assert "| good | +0.200 [+0.100, +0.300] | 0.80 | 0.800 |" in md  # ν̂ mean [range] over the 2 seeds
+    assert "ν̂ ranks good > bad; agreement ranks good > bad (the same order)." in md
+    assert "| dual_active:cheapest | 1 | 2 | expert 0.0, novice 12.0 | expert 0.0, novice 6.0 | 6.0 / 6.0 |" in md
+    assert "| shared | 1 | 2 | 40 | +0.650 [+0.600, +0.700] |" in md
+    assert "| dual_active | dual_active:cheapest | 1 | 2 | +0.050 [-0.020, +0.120] |" in md and "| tpo |" not in md
+    assert "lowrank" not in md  # no such method in the table
+    assert (tmp_path / "table" / "stages.md").read_text() == md and (tmp_path / "table" / "stages.png").exists()
+
+
+def test_stage_report_errors_are_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} has no config.yaml: not a run directory"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"table": {"methods": [{"label": "a",
+                                                                                  "selector": {"name": "ucb"}}]}}))
+    assert main([str(tmp_path)]) == 2
+    assert "the table has no selection-stage methods" in capsys.readouterr().err
