@@ -191,12 +191,16 @@ def plot(plots: dict, path: Path) -> None:
     ax.set_title("relevance: ν̂ per source (mean over seeds)")
     ax = axes[1]
     teachers = plots.get("dual_active", {})
+    names = list(dict.fromkeys(k for q in teachers.values() for k in q))  # one colour per teacher in every bar
     for i, (_, q) in enumerate(sorted(teachers.items())):
         bottom = 0.0
         for k, v in q.items():
-            ax.bar(i, v, bottom=bottom, label=k if i == 0 else None, color=f"C{list(q).index(k)}")
+            ax.bar(i, v, bottom=bottom, color=f"C{names.index(k)}")
             bottom += v
-    ax.set_xticks(range(len(teachers)), [f"{lab}\nit{t}" for lab, t in sorted(teachers)], fontsize=7)
+    for k in names:
+        ax.bar(0, 0, color=f"C{names.index(k)}", label=k)
+    ax.set_xticks(range(len(teachers)), [f"{lab} it{t}" for lab, t in sorted(teachers)], fontsize=7, rotation=30,
+                  ha="right")
     ax.set_title("dual_active: queries per teacher")
     ax = axes[2]
     for label in sorted({lab for lab, _ in plots.get("shared", {})}):
