@@ -27,6 +27,9 @@ Evaluation, before the final fit on every row:
   and the best untrained scorer on the same pairs.
 Outputs in --out (default runs/judge/<dataset stem>/): model/ (the checkpoint), crossfit.md, crossfit.json,
 oof_scores.csv (ids, systems and scores only: the data's text is never copied).
+Longer than most modules (~480 lines): the final fit, the cross-fitting and leave-one-system-out all reuse one
+cache of bottom-layer outputs and one set of fold rules; split across files, that cache and those rules would have
+to travel between them.
 """
 from __future__ import annotations
 
