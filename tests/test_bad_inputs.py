@@ -185,7 +185,8 @@ def test_empty_duplicate_and_overlong_rows_are_counted_skips(tmp_path, capsys, c
                 for x in (tmp_path / "run" / "data" / f"{s}.jsonl").read_text().splitlines()]
     assert max(len(r["document"].split(" ")) for r in rows_out) == 20
     assert [r["document"] for r in rows_out if r["id"] == "3"] == ["word " * 5]  # the first of a duplicate id wins
-    assert "'skipped_empty': 2, 'skipped_duplicate_id': 1, 'excluded_document': 0, 'truncated': 1" in caplog.text  # logged
+    logged = "'skipped_empty': 2, 'skipped_duplicate_id': 1, 'excluded_document': 0, 'truncated': 1"
+    assert logged in caplog.text
 
 
 def test_non_utf8_line_is_a_one_line_error(tmp_path, capsys):
