@@ -370,19 +370,22 @@ def build_scorers(recipe: Recipe) -> dict:
 
 
 def stage_online(recipe: Recipe) -> None:
+    if distributed.is_main():
+        verify_shared_inputs(recipe)
     online_run(recipe, recipe.out, recipe.online)
 
 
 def online_run(recipe: Recipe, out: Path, online: OnlineConfig, judge=None, scorers: dict | None = None) -> None:
     """The online stage of `recipe` with the settings `online`, writing under `out` (the recipe's own run folder,
     or one (method, seed) row of a table, which shares the recipe's SFT checkpoint and source models): resumed from
-    its DONE markers, its inputs verified, the label store's count checked, finished iterations sealed. The judge
-    and sources are built here unless given (a table trains several runs with one set in one process)."""
+    its DONE markers, its finished iterations verified, the label store's count checked, new iterations sealed. The
+    caller verifies the shared inputs (verify_shared_inputs) once, not once per table row. The judge and sources
+    are built here unless given (a table trains several runs with one set in one process)."""
     d = out / "online"
     if online_finished(d, online.iterations):
         return
     if distributed.is_main():
-        _verify_inputs(recipe, d)
+        _verify_iterations(d)
         for it in d.glob("iter_*"):  # an unfinished iteration is redone: a manifest of its earlier outputs is void
             if not _done(it):
                 (it / MANIFEST).unlink(missing_ok=True)
@@ -407,12 +410,15 @@ def online_run(recipe: Recipe, out: Path, online: OnlineConfig, judge=None, scor
     distributed.barrier()
 
 
-def _verify_inputs(recipe: Recipe, online_dir: Path | None = None) -> None:
-    """What the online and eval stages load: the SFT checkpoint, the source models, the finished iterations."""
+def verify_shared_inputs(recipe: Recipe) -> None:
+    """What every online run of a recipe starts from: the SFT checkpoint and the source models."""
     verify(recipe.out / "sft", "redo SFT (and every stage after it)")
     for sm in recipe.source_models:
         verify(recipe.out / "sources" / sm.label, f"retrain source model '{sm.label}'")
-    for it in sorted((online_dir or recipe.out / "online").glob("iter_*/DONE")):
+
+
+def _verify_iterations(online_dir: Path) -> None:
+    for it in sorted(online_dir.glob("iter_*/DONE")):
         verify(it.parent, f"redo {it.parent.name} (and the iterations after it)")
 
 
@@ -424,7 +430,8 @@ def stage_eval(recipe: Recipe) -> list[dict]:
         print((d / "winrates.md").read_text())
         return []
     ev = recipe.eval
-    _verify_inputs(recipe)
+    verify_shared_inputs(recipe)
+    _verify_iterations(recipe.out / "online")
     judge = build_judge(recipe, ev.judge)
     rows = load_split(recipe.out / "data", "test")[: ev.n_prompts]
     store = LabelStore(recipe.out / "labels.sqlite")

@@ -62,6 +62,7 @@ from pipeline.runner import (
     run,
     seed_everything,
     setup_logging,
+    verify_shared_inputs,
 )
 from reward_sources.contracts import knows_utility
 
@@ -426,6 +427,7 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     if (recipe.eval.judge or recipe.judge).name == "oracle":  # it knows the utility: before any stage, not after
         headline_baseline(recipe)
     run(recipe, until="sources", force=force)
+    verify_shared_inputs(recipe)  # once: every row starts from them (a row checks only its own iterations)
     seed_everything(recipe.seed)
     judge = build_judge(recipe)
     scorers = build_scorers(recipe)
