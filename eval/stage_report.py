@@ -183,10 +183,12 @@ def plot(plots: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     ax = axes[0]
-    for i, ((label, t), nu) in enumerate(sorted(plots.get("relevance", {}).items())):
-        xs = np.arange(len(nu)) + 0.8 * i / max(1, len(plots["relevance"]))
-        ax.bar(xs, list(nu.values()), width=0.8 / max(1, len(plots["relevance"])), label=f"{label} it{t}")
-        ax.set_xticks(np.arange(len(nu)) + 0.3, list(nu))
+    fits = sorted(plots.get("relevance", {}).items())
+    for i, ((label, t), nu) in enumerate(fits):
+        ax.bar(np.arange(len(nu)) + 0.8 * i / len(fits), list(nu.values()), width=0.8 / len(fits),
+               label=f"{label} it{t}")
+    if fits:
+        ax.set_xticks(np.arange(len(fits[0][1])) + 0.3, list(fits[0][1]))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title("relevance: ν̂ per source (mean over seeds)")
     ax = axes[1]
