@@ -155,3 +155,33 @@ def test_copy_pretraining_targets_are_document_sentences_and_learning_to_copy_he
     assert metrics["copy_steps"] == 60 and metrics["copy_loss_last"] < metrics["copy_loss_first"]
     phases = [json.loads(line).get("phase", "sft") for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert phases.count("copy") == 3 and phases[-1] == "sft"
+
+
+def test_identity_task_is_reproduced_through_sample(make_policy, tmp_path):
+    """The copy skill the testbed depends on, end to end: a tiny T5 trained only to reproduce its input
+    reproduces held-out inputs through sample(), greedy and at the online loop's temperature. If tokenisation,
+    the decoder's start token or the Gumbel sampler broke copying, the testbed's fact rates would be meaningless."""
+    rng = random.Random(7)
+    vocab = WORDS[:12]
+
+    def rows(n, offset):
+        out = []
+        for i in range(n):
+            text = " ".join(rng.choice(vocab) for _ in range(3))
+            out.append({"id": str(offset + i), "document": text, "summary": text})
+        return out
+
+    train, held = rows(512, 0), rows(40, 10_000)
+    policy = make_policy("t5-tiny")
+    # measured: greedy 0.975, sampled 0.93 exact copies; at 400 steps of 16 the model had learned the words but
+    # not their order (loss 0.44, greedy 0.08)
+    cfg = SFTConfig(steps=600, batch_size=32, lr=3e-3, warmup=20, eval_examples=0, log_every=600)
+    run_sft(policy, cfg, train, [], tmp_path)
+    docs = [r["document"] for r in held]
+    greedy = [ys[0] for ys in policy.sample(docs, 1, temperature=0.0, max_new_tokens=10)]
+    sampled = [y for ys in policy.sample(docs, 4, temperature=1.0, max_new_tokens=10, seed=3) for y in ys]
+    def exact(outs, refs):
+        return sum(o.strip() == r for o, r in zip(outs, refs)) / len(refs)
+
+    assert exact(greedy, docs) >= 0.9, list(zip(docs, greedy))[:5]
+    assert exact(sampled, [d for d in docs for _ in range(4)]) >= 0.8, sampled[:8]
