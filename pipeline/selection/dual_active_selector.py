@@ -15,7 +15,8 @@ and LCB scores once at the end; "cheapest" keeps the D-optimal pairs but asks on
 The estimate's accuracy in the loop (a measurement only: it runs after the scores and draws no random numbers):
 `heldout_agreement`, the share of the candidate pairs never asked whose exact-utility order (the oracle's, under
 `persona`) the final θ̂ reproduces, over `heldout_pairs` pairs of different utility (`heldout_ties` left out).
-Only the synthetic world's rows carry the planted facts that utility needs; on other rows it is None.
+Only the synthetic world's rows carry the planted facts that utility needs; on other rows it is None, as it is
+when every pair of different utility was asked.
 """
 from __future__ import annotations
 
