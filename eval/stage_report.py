@@ -6,7 +6,8 @@ metrics.json), the sources' measured agreement with the judge's utility (world_r
 rows (table/paired.csv), so it needs no model and no torch:
 - relevance: ν̂ per source (mean and range over seeds) next to each source's agreement with the oracle, and the
   share of the scoring budget each source got; does ν̂ rank the sources as their agreement does?
-- dual_active (every variant): queries and cost per teacher.
+- dual_active (every variant): queries and cost per teacher, and the final θ̂'s agreement with the judge's exact
+  utility on the candidate pairs no teacher was asked ("—" where the records lack it: older runs, real data).
 - lowrank (every variant): annotators per persona and labels.
 - shared (every variant): the proxy's agreement with the judge on held-out judge pairs (cross-fitted).
 - every stage against its own baseline(s): the paired rows of table.pairs.
@@ -87,21 +88,29 @@ def relevance_section(run_dir: Path, labels: list[str], agreement: dict) -> tupl
     return lines, plot
 
 
-def teacher_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict]:
+def teacher_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict, dict]:
     lines = ["| method | iteration | seeds | queries per teacher (mean over seeds) | cost per teacher "
-             "| cost / budget |", "|---|---|---|---|---|---|"]
-    plot = {}
+             "| cost / budget | held-out pairs | held-out agreement, mean [min, max] |", "|" + "---|" * 8]
+    plot, agreement = {}, {}
     for label in labels:
         for t, records in sorted(selector_info(run_dir, label).items()):
             q, c = _per_key(records, "queries"), _per_key(records, "cost_per_teacher")
             spent = np.mean([r.get("cost", np.nan) for r in records])
             budget = np.mean([r.get("budget", np.nan) for r in records])
+            # None: no planted facts, or every pair asked; absent: a run from before it was measured
+            agree = [r["heldout_agreement"] for r in records if r.get("heldout_agreement") is not None]
+            pairs = [r["heldout_pairs"] for r in records if r.get("heldout_agreement") is not None]
+            heldout = "— | —"
+            if agree:
+                some = f" ({len(agree)} of {len(records)} seeds)" if len(agree) < len(records) else ""
+                heldout = f"{np.mean(pairs):.0f} | {_mean_range(agree)}{some}"
             lines.append(f"| {label} | {t} | {len(records)} | "
                          + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in q.items()) + " | "
                          + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in c.items())
-                         + f" | {spent:.1f} / {budget:.1f} |")
+                         + f" | {spent:.1f} / {budget:.1f} | {heldout} |")
             plot[(label, t)] = {k: float(np.mean(v)) for k, v in q.items()}
-    return lines, plot
+            agreement[(label, t)] = float(np.mean(agree)) if agree else None
+    return lines, plot, agreement
 
 
 def persona_section(run_dir: Path, labels: list[str]) -> list[str]:
@@ -153,8 +162,9 @@ def report(run_dir: Path) -> str:
         lines, plots["relevance"] = relevance_section(run_dir, stages["relevance"], agreement)
         md += ["## relevance: ν̂ per source against each source's agreement with the oracle", ""] + lines
     if "dual_active" in stages:
-        lines, plots["dual_active"] = teacher_section(run_dir, stages["dual_active"])
-        md += ["## dual_active: teacher shares at equal cost", ""] + lines + [""]
+        lines, plots["dual_active"], plots["dual_active_agreement"] = teacher_section(run_dir, stages["dual_active"])
+        md += ["## dual_active: teacher shares at equal cost, and θ̂'s agreement with the exact utility on the pairs "
+               "never asked", ""] + lines + [""]
     if "lowrank" in stages:
         md += ["## lowrank: who labelled", ""] + persona_section(run_dir, stages["lowrank"]) + [""]
     if "shared" in stages:
@@ -194,16 +204,20 @@ def plot(plots: dict, path: Path) -> None:
     ax = axes[1]
     teachers = plots.get("dual_active", {})
     names = list(dict.fromkeys(k for q in teachers.values() for k in q))  # one colour per teacher in every bar
-    for i, (_, q) in enumerate(sorted(teachers.items())):
+    agreement = plots.get("dual_active_agreement", {})
+    for i, (key, q) in enumerate(sorted(teachers.items())):
         bottom = 0.0
         for k, v in q.items():
             ax.bar(i, v, bottom=bottom, color=f"C{names.index(k)}")
             bottom += v
+        if agreement.get(key) is not None:
+            ax.text(i, bottom, f"{agreement[key]:.2f}", ha="center", va="bottom", fontsize=7)
     for k in names:
         ax.bar(0, 0, color=f"C{names.index(k)}", label=k)
     ax.set_xticks(range(len(teachers)), [f"{lab} it{t}" for lab, t in sorted(teachers)], fontsize=7, rotation=30,
                   ha="right")
-    ax.set_title("dual_active: queries per teacher")
+    ax.set_title("dual_active: queries per teacher" + (" (above: held-out agreement)" if any(
+        a is not None for a in agreement.values()) else ""))
     ax = axes[2]
     for label in sorted({lab for lab, _ in plots.get("shared", {})}):
         pts = sorted((t, np.mean(v)) for (lab, t), v in plots["shared"].items() if lab == label and v)

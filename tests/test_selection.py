@@ -185,8 +185,29 @@ def test_lcb_is_below_point_estimate():
 def test_dual_active_suite_reduced():
     a_opt = [DA.simulate(s, "doptimal", budget=300) for s in (0, 1, 2)]
     a_rnd = [DA.simulate(s, "random", budget=300) for s in (0, 1, 2)]
-    assert np.mean([a for a, _, _ in a_opt]) < np.mean([a for a, _, _ in a_rnd])
-    assert all(np.all(np.diff(b) > 0) for _, b, _ in a_opt)
+    assert np.mean([a for a, *_ in a_opt]) < np.mean([a for a, *_ in a_rnd])
+    assert all(np.all(np.diff(b) > 0) for _, b, *_ in a_opt)
+
+
+def test_dual_active_error_falls_with_the_budget():
+    """The suite's error-vs-budget curve: D-optimal's θ̂ improves with every budget step on average over seeds, and
+    each point is what an episode with that budget alone reaches (the curve is read off one longer episode)."""
+    out = DA.run_suite([0, 1, 2], quick=True)
+    curve = out["metrics"]["error_vs_budget"]
+    assert curve["budgets"] == [120, 240, 360]
+    assert set(curve["angle_deg_mean"]) == set(curve["angle_deg_per_seed"]) == {"doptimal", "random", "random_best"}
+    assert all(np.shape(c) == (3, 3) for c in curve["angle_deg_per_seed"].values())  # budget × seed
+    assert np.all(np.diff(curve["angle_deg_mean"]["doptimal"]) < 0)
+    # the last budget is the suite's own budget: the same figure as the comparisons'
+    for s, mean in out["metrics"]["angle_deg_mean"].items():
+        assert curve["angle_deg_mean"][s][-1] == pytest.approx(mean)
+    for s in ("doptimal", "random"):
+        alone = DA.simulate(1, s, budget=240)[0]
+        assert np.degrees(alone) == pytest.approx(curve["angle_deg_per_seed"][s][1][1], abs=1e-9)
+    assert [row[0] for row in out["tables"][0]["rows"]] == ["D-optimal", "random pair & random teacher",
+                                                            "random pair, teacher with largest β̂"]
+    with pytest.raises(ValueError, match="exceed the budget"):
+        DA.simulate(0, "random", budget=120, checkpoints=(240,))
 
 
 # ------------------------------------------------------------------------------------------------ low rank
@@ -325,7 +346,9 @@ def _fake_result(ok: bool) -> dict:
     comp = dict(name="x", value=1.0, baseline=2.0, baseline_name="b", better="lower", **{"pass": ok})
     return dict(seeds=[0], quick=True, wall_seconds=1.0, machine="m",
                 suites=[dict(suite="s", title="T", setup="S", metrics={"a": 1.23456}, comparisons=[comp],
-                             seconds=0.5)],
+                             tables=[dict(title="curve", columns=["strategy", "120", "240"], rows=[["a", 27.6099, 3]])],
+                             seconds=0.5),
+                        dict(suite="u", title="U", setup="S", metrics={}, comparisons=[comp], seconds=0.5)],
                 selection_cost=[dict(method="s", what="w", select_seconds=0.01)])
 
 
@@ -335,3 +358,4 @@ def test_report_markdown_and_exit_code(monkeypatch, ok, capsys):
     assert report.main(["--seeds", "1"]) == (0 if ok else 1)
     md = capsys.readouterr().out
     assert ("PASS" if ok else "FAIL") in md and "| x | 1 | b | 2 |" in md and "10,000 candidate pairs" in md
+    assert "curve:\n\n| strategy | 120 | 240 |\n|---|---|---|\n| a | 27.61 | 3 |\n" in md and "## 2. U" in md

@@ -12,6 +12,8 @@ def _write_run(root):
                {"label": "dual_active", "selector": {"name": "dual_active"}},
                {"label": "dual_active:cheapest",
                 "selector": {"name": "dual_active", "params": {"strategy": "cheapest"}}},
+               {"label": "dual_active:random",
+                "selector": {"name": "dual_active", "params": {"strategy": "random"}}},
                {"label": "shared", "selector": {"name": "shared"}}]
     (root / "config.yaml").write_text(yaml.safe_dump({"name": "x", "table": {"methods": methods}}))
     (root / "world_report.json").write_text(json.dumps({"agreement": {"n_pairs": 9, "good": 0.8, "bad": 0.55}}))
@@ -19,7 +21,12 @@ def _write_run(root):
         "relevance": [{"nu": {"good": 0.3, "bad": 0.0}, "allocation": {"good": 0.9, "bad": 0.1}},
                       {"nu": {"good": 0.1, "bad": 0.02}, "allocation": {"good": 0.7, "bad": 0.3}}],
         "dual_active": [{"queries": {"expert": 2, "novice": 4}, "cost_per_teacher": {"expert": 4.0, "novice": 2.0},
-                         "cost": 6.0, "budget": 6.0}] * 2,
+                         "cost": 6.0, "budget": 6.0, "heldout_agreement": a, "heldout_pairs": n, "heldout_ties": 3}
+                        for a, n in ((0.8, 40), (0.9, 44))],
+        # real data: no exact utility to measure against
+        "dual_active:random": [{"queries": {"expert": 1, "novice": 8}, "cost_per_teacher": {"expert": 2.0,
+                                "novice": 4.0}, "cost": 6.0, "budget": 6.0, "heldout_agreement": None,
+                                "heldout_pairs": None, "heldout_ties": None}] * 2,
         "dual_active:cheapest": [{"queries": {"expert": 0, "novice": 12}, "cost_per_teacher": {"expert": 0.0,
                                   "novice": 6.0}, "cost": 6.0, "budget": 6.0}] * 2,
         "shared": [{"judge_pairs": 40, "heldout_proxy_judge_agreement": 0.6},
@@ -43,7 +50,12 @@ def test_stage_report_reads_what_the_selectors_recorded(tmp_path):
     md = report(tmp_path)
     assert "| good | +0.200 [+0.100, +0.300] | 0.80 | 0.800 |" in md  # ν̂ mean [range] over the 2 seeds
     assert "ν̂ ranks good > bad; agreement ranks good > bad (the same order)." in md
-    assert "| dual_active:cheapest | 1 | 2 | expert 0.0, novice 12.0 | expert 0.0, novice 6.0 | 6.0 / 6.0 |" in md
+    # the held-out agreement where recorded; "—" for a run from before it was measured (cheapest) or without facts
+    assert "| dual_active | 1 | 2 | expert 2.0, novice 4.0 | expert 4.0, novice 2.0 | 6.0 / 6.0 | 42 | " \
+           "+0.850 [+0.800, +0.900] |" in md
+    assert "| dual_active:cheapest | 1 | 2 | expert 0.0, novice 12.0 | expert 0.0, novice 6.0 | 6.0 / 6.0 | — | — |" \
+           in md
+    assert "| dual_active:random | 1 | 2 | expert 1.0, novice 8.0 | expert 2.0, novice 4.0 | 6.0 / 6.0 | — | — |" in md
     assert "| shared | 1 | 2 | 40 | +0.650 [+0.600, +0.700] |" in md
     assert "| dual_active | dual_active:cheapest | 1 | 2 | +0.050 [-0.020, +0.120] |" in md and "| tpo |" not in md
     assert "lowrank" not in md  # no such method in the table

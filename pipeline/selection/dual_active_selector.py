@@ -11,6 +11,12 @@ default teacher; teacher costs 2 / 1 / 0.5 (expert / default / novice) are infer
 `strategy` gives the natural baselines at the same cost budget, in the same code path: "random" asks uniformly
 random pairs, each of a uniformly random teacher among those the remaining budget affords, and fits the same MLE
 and LCB scores once at the end; "cheapest" keeps the D-optimal pairs but asks only the cheapest teacher.
+
+The estimate's accuracy in the loop (a measurement only: it runs after the scores and draws no random numbers):
+`heldout_agreement`, the share of the candidate pairs never asked whose exact-utility order (the oracle's, under
+`persona`) the final θ̂ reproduces, over `heldout_pairs` pairs of different utility (`heldout_ties` left out).
+Only the synthetic world's rows carry the planted facts that utility needs; on other rows it is None, as it is
+when every pair of different utility was asked.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from pipeline.selection.base import (
 )
 from pipeline.selection.dual_active import fisher, fit_mle, lcb_scores, select_batch
 from reward_sources import registry
-from reward_sources.oracle import PERSONAS, TEACHERS
+from reward_sources.oracle import PERSONAS, TEACHERS, utility
 
 DEFAULT_COSTS = {"expert": 2.0, "default": 1.0, "novice": 0.5}  # inferred: an expert costs more
 
@@ -64,6 +70,10 @@ class DualActiveSelector(LoopSelector):
     def __init__(self, arms: list[str], seed: int, opts: DualActiveOptions):
         o = opts
         super().__init__(arms, seed, o.arm, 0, o.features, o.dim, o.encoder)
+        # checked whatever the teachers (the held-out agreement uses it too), else unknown only after SFT
+        if o.persona not in PERSONAS:
+            raise ValueError(f"dual_active: unknown persona '{o.persona}'; known: {', '.join(PERSONAS)}")
+        self.persona = o.persona
         self.teachers = [self._teacher(t, o.persona) for t in (o.teachers or ["expert", "default", "novice"])]
         labels = [t["label"] for t in self.teachers]
         if len(set(labels)) != len(labels):
@@ -81,8 +91,6 @@ class DualActiveSelector(LoopSelector):
             if spec not in TEACHERS:
                 raise ValueError(f"dual_active: unknown teacher '{spec}' (oracle teachers: {', '.join(TEACHERS)}; "
                                  "or a mapping {label, name, params, cost})")
-            if persona not in PERSONAS:  # else unknown only when the first label is asked, after SFT
-                raise ValueError(f"dual_active: unknown persona '{persona}'; known: {', '.join(PERSONAS)}")
             return {"label": spec, "name": "oracle", "params": {"teacher": spec, "persona": persona},
                     "cost": DEFAULT_COSTS.get(spec, 1.0)}
         if not isinstance(spec, dict) or "name" not in spec:
@@ -192,11 +200,33 @@ class DualActiveSelector(LoopSelector):
             theta, beta = fit_mle(Zn, Tn, np.array(Y), K)
             H = fisher(theta, beta, Zn, Tn, self.lam)
             scores = [lcb_scores(theta, H, f, self.gamma) for f in phi]
+        t_fit = time.perf_counter() - t_start - t_feat - t_query
         self.last = {"theta": theta, "beta": beta, "H": H, "phi": phi, "scores": scores}
+        t0 = time.perf_counter()
+        # θ̂, not the LCB: the LCB subtracts a width that differs from response to response, a pessimistic rule for
+        # choosing what to train on; its order would mix the estimate's errors with its uncertainty.
+        heldout = heldout_agreement(ctx.rows, ctx.online, [cands[c] for c in np.flatnonzero(~asked)],
+                                    Zc[~asked] @ theta, PERSONAS[self.persona])
         labels = [t["label"] for t in self.teachers]
         self.record(strategy=self.strategy, queries=dict(zip(labels, queries)),
                     cost_per_teacher=dict(zip(labels, queries * self.costs)),
                     cost=spent, budget=total, beta=dict(zip(labels, beta)), batches=batches, candidates=len(cands),
-                    features_dim=int(Zc.shape[1]), features_s=t_feat, queries_s=t_query,
-                    fit_select_s=time.perf_counter() - t_start - t_feat - t_query)
+                    features_dim=int(Zc.shape[1]), **heldout, features_s=t_feat, queries_s=t_query,
+                    fit_select_s=t_fit, heldout_s=time.perf_counter() - t0)
         return [s.tolist() for s in scores]
+
+
+def heldout_agreement(rows: list[dict], online: list[list[str]], pairs: list[tuple[int, int, int]],
+                      margins: np.ndarray, weights: dict) -> dict:
+    """Agreement of the estimate's margins (one per (prompt, i, j) pair, > 0: response i is better) with the exact
+    utility's order, over the pairs whose utilities differ; a zero margin counts 0.5, as in eval/world_report.py.
+    Rows without planted facts have no exact utility: the agreement is then None, never a guess."""
+    if not all(r.get("facts") for r in rows):
+        return {"heldout_agreement": None, "heldout_pairs": None, "heldout_ties": None,
+                "heldout_note": "no planted facts in the rows: the exact utility is unknown"}
+    u = [[utility(r, y, weights) for y in ys] for r, ys in zip(rows, online)]
+    diff = np.array([u[p][i] - u[p][j] for p, i, j in pairs])
+    keep = diff != 0
+    agree = np.where(margins == 0, 0.5, (np.sign(margins) == np.sign(diff)).astype(float))[keep]
+    return {"heldout_agreement": float(agree.mean()) if len(agree) else None, "heldout_pairs": int(keep.sum()),
+            "heldout_ties": int((~keep).sum())}

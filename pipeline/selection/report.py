@@ -56,6 +56,10 @@ def to_markdown(result: dict) -> str:
                          f"{'PASS' if c['pass'] else 'FAIL'} |")
         for c in s.get("informational", []):
             lines.append(f"| {c['name']} | {_fmt(c['value'])} | — | {_fmt(c['baseline'])} | info: {c['note']} |")
+        for t in s.get("tables", []):
+            lines += ["", f"{t['title']}:", "", "| " + " | ".join(t["columns"]) + " |",
+                      "|" + "---|" * len(t["columns"])]
+            lines += ["| " + " | ".join(_fmt(x) for x in row) + " |" for row in t["rows"]]
         lines += ["", "Measured: `" + json.dumps(_jsonable(_short(s["metrics"])), ensure_ascii=False) + "`", ""]
     lines += ["## Selection cost per 10,000 candidate pairs", "",
               "| method | what is timed | select (s) | fit (s) |", "|---|---|---|---|"]
