@@ -87,17 +87,29 @@ def run_sft(policy: Policy, cfg: SFTConfig, train_rows: list[dict], eval_rows: l
     tracker = tracking.for_stage(out_dir)
     tracker.begin()
     with open(out_dir / "log.jsonl" if main else os.devnull, "w", encoding="utf-8") as log_file:
-        copy_losses = []
-        if cfg.copy_steps > 0:
-            copy_losses = _train(policy, cfg, cfg.copy_steps, cfg.copy_lr,
-                                 copy_targets(train_rows, cfg.batch_size, cfg.seed), log_file, "copy", start, tracker)
-        # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
-        targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
-        stream = ([(r, targets[id(r)]) for r in batch] for batch in _batches(train_rows, cfg.batch_size, cfg.seed))
-        losses = _train(policy, cfg, cfg.steps, cfg.lr, stream, log_file, "sft", start, tracker)
+        copy_losses = copy_pretrain(policy, cfg, train_rows, log_file, start, tracker)
+        losses = fine_tune(policy, cfg, train_rows, cfg.steps, log_file, start, tracker)
     policy.eval()
     # the main process evaluates and saves; the others wait and get its metrics
     return distributed.on_main(_finish, policy, cfg, eval_rows, out_dir, losses, start, epochs, copy_losses, tracker)
+
+
+def copy_pretrain(policy: Policy, cfg: SFTConfig, train_rows: list[dict], log_file, start: float,
+                  tracker: tracking.Tracker) -> list[float]:
+    """cfg.copy_steps of copy pretraining (none when 0); returns the losses."""
+    if cfg.copy_steps <= 0:
+        return []
+    return _train(policy, cfg, cfg.copy_steps, cfg.copy_lr, copy_targets(train_rows, cfg.batch_size, cfg.seed),
+                  log_file, "copy", start, tracker)
+
+
+def fine_tune(policy: Policy, cfg: SFTConfig, train_rows: list[dict], steps: int, log_file, start: float,
+              tracker: tracking.Tracker) -> list[float]:
+    """`steps` of SFT on the references (its own warm-up and cosine decay over `steps`); returns the losses."""
+    # truncate each reference once, with the policy's own tokenizer (same code path as prompts)
+    targets = {id(r): policy.truncate_text(r["summary"], cfg.max_target_tokens) for r in train_rows}
+    stream = ([(r, targets[id(r)]) for r in batch] for batch in _batches(train_rows, cfg.batch_size, cfg.seed))
+    return _train(policy, cfg, steps, cfg.lr, stream, log_file, "sft", start, tracker)
 
 
 def _train(policy: Policy, cfg: SFTConfig, steps: int, lr: float, stream, log_file, phase: str, start: float,
