@@ -179,6 +179,10 @@ class OnlineConfig:
     xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)", ge=0)
     nll_alpha: float = f(0.0, ge=0, help="weight of an NLL term on the chosen response, per token, added to the loss "
                                        "(RPO; TRL's rpo_alpha; 0 = the paper's losses, pipeline/losses.py)")
+    min_margin: float = f(0.0, ge=0, help="train on a prompt's pair only if the judge's highest and lowest scores "
+                                         "differ by at least this (judge-score units; 0 = drop exact ties only). The "
+                                         "labels are spent either way: a filter on confidence, not on budget "
+                                         "(docs/testbed.md)")
     reference: Literal["previous", "initial"] = f("previous", "reference policy: previous iterate (paper) or initial")
     lr: float = f(5e-5, "peak learning rate of the update (linear warm-up, cosine decay)", gt=0)
     warmup: int = f(10, "warm-up steps per iteration", ge=0)

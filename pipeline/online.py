@@ -59,12 +59,13 @@ class Pair(NamedTuple):
     explore: str     # an untransferred sample of the reference policy (XPO's ỹ)
 
 
-def make_pairs(rows, responses, scores, rng: random.Random) -> tuple[list[Pair], int]:
-    """chosen = judge's highest, rejected = its lowest; prompts whose responses all tie are dropped."""
+def make_pairs(rows, responses, scores, rng: random.Random, min_margin: float = 0.0) -> tuple[list[Pair], int]:
+    """chosen = judge's highest, rejected = its lowest; prompts whose responses all tie, or whose scores span less
+    than min_margin, are dropped (counted in the second value)."""
     pairs, dropped = [], 0
     for r, ys, ss in zip(rows, responses, scores):
         valid = [s for s in ss if s is not None]
-        if len(valid) < 2 or max(valid) == min(valid):
+        if len(valid) < 2 or max(valid) == min(valid) or max(valid) - min(valid) < min_margin:
             dropped += 1
             continue
         # the last response is never replaced by transfer (replace_num < K): a sample of π_ref, for XPO
@@ -242,10 +243,11 @@ def _label(t, rows, samples, judge, store, cache, selector, cfg, rng, timings):
                             f"{cfg.max_judge_failure_rate:g}); "
                             "failures are stored as NULL and asked again when you rerun")
 
-    pairs, dropped = make_pairs(rows, responses, scores, rng)
+    pairs, dropped = make_pairs(rows, responses, scores, rng, cfg.min_margin)
     if not pairs:
-        raise OnlineStopped(f"iteration {t}: every prompt's responses tied under the judge (or had fewer than two "
-                            "valid scores); no pairs to learn from")
+        margin = f" or spanned less than online.min_margin={cfg.min_margin:g}" if cfg.min_margin else ""
+        raise OnlineStopped(f"iteration {t}: every prompt's responses tied under the judge{margin} (or had fewer "
+                            "than two valid scores); no pairs to learn from")
     return responses, scores, arm_rows, judge_stats, pairs, dropped
 
 

@@ -7,7 +7,7 @@ import torch
 from pipeline import world
 from pipeline.config import OnlineConfig, WorldConfig, load_recipe
 from pipeline.labels import LabelStore, label_responses
-from pipeline.online import Pair, make_pairs, reference_logprobs, update
+from pipeline.online import OnlineStopped, Pair, make_pairs, reference_logprobs, update
 from pipeline.runner import run
 
 
@@ -22,6 +22,22 @@ def test_pairs_take_best_and_worst_and_drop_ties():
     chosen = {make_pairs(rows[:1], [["x", "y", "z"]], [[1.0, 1.0, 0.0]], random.Random(s))[0][0].chosen
               for s in range(20)}
     assert chosen == {"x", "y"}
+
+
+def test_min_margin_drops_pairs_the_judge_barely_separates():
+    rows = [{"id": str(i)} for i in range(4)]
+    responses = [["a", "b"], ["c", "d"], ["e", "f", "g"], ["h", "i"]]
+    # spans 0.6, 2.0, 1.0 (max 1.5 - min 0.5, the middle score irrelevant), 0.0
+    scores = [[1.0, 0.4], [2.0, 0.0], [0.5, 1.2, 1.5], [0.3, 0.3]]
+    pairs, dropped = make_pairs(rows, responses, scores, random.Random(0), min_margin=1.0)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("c", "d"), ("g", "e")]  # a span equal to the margin is kept
+    assert dropped == 2
+    assert len(make_pairs(rows, responses, scores, random.Random(0))[0]) == 3  # default: exact ties only
+
+
+def test_a_margin_that_leaves_no_pair_stops_the_iteration_in_one_line(tmp_path):
+    with pytest.raises(OnlineStopped, match="spanned less than online.min_margin=100"):
+        run(tiny_recipe(tmp_path, "online.iterations=1", "online.min_margin=100"))
 
 
 class AlwaysA:
