@@ -78,15 +78,17 @@ def source_agreement(rows, samples: list[list[str]], scorers: dict, weights: dic
     return out
 
 
-def labelling_round(rows, samples, source_scores, utilities, judge, k: int, replace_num: int, seed: int = 0) -> dict:
+def labelling_round(rows, samples, source_scores, utilities, judge, k: int, replace_num: int, seed: int = 0,
+                    min_margin: float = 0.0) -> dict:
     """One online labelling round, simulated on fixed samples: the first k samples are the online ones, the rest
     the pool; `source_scores` (None = no transfer) ranks the pool and its top replace_num replace online samples
-    0..replace_num-1; the judge's noisy scores pick chosen (highest) and rejected (lowest), ties at random.
-    Returns the mean true utility of chosen and rejected, their gap, the share of prompts whose chosen and
-    rejected have the same true utility (a pair that teaches nothing), and the share whose chosen is
-    transferred."""
+    0..replace_num-1; the judge's noisy scores pick chosen (highest) and rejected (lowest), ties at random, and a
+    prompt is kept as the loop keeps it (its scores not all equal and spanning at least min_margin).
+    Returns the share of prompts kept, and over the kept pairs: the mean true utility of chosen and rejected,
+    their gap, the share whose chosen and rejected have the same true utility (a pair that teaches nothing), the
+    share whose chosen is truly worse (a label error), and the share whose chosen is transferred."""
     rng = random.Random(seed)
-    chosen, rejected, flat, from_pool = [], [], 0, 0
+    chosen, rejected, from_pool = [], [], 0
     for p, (r, ys, us) in enumerate(zip(rows, samples, utilities)):
         online = list(range(k))
         if source_scores is not None:
@@ -94,15 +96,19 @@ def labelling_round(rows, samples, source_scores, utilities, judge, k: int, repl
             online = pool[:replace_num] + online[replace_num:]
         noisy = judge.score([r] * len(online), [ys[j] for j in online], seed=seed)
         top, low = max(noisy), min(noisy)
+        if top == low or top - low < min_margin:
+            continue
         w = rng.choice([j for j, s in zip(online, noisy) if s == top])
         lo = rng.choice([j for j, s in zip(online, noisy) if s == low])
         chosen.append(us[w])
         rejected.append(us[lo])
-        flat += us[w] == us[lo]
         from_pool += w >= k
     c, rj = np.array(chosen), np.array(rejected)
-    return {"chosen": float(c.mean()), "rejected": float(rj.mean()), "gap": float((c - rj).mean()),
-            "flat_pairs": flat / len(rows), "chosen_transferred": from_pool / len(rows)}
+    n = max(len(c), 1)
+    return {"kept": len(c) / len(rows), "chosen": float(c.mean()) if len(c) else float("nan"),
+            "rejected": float(rj.mean()) if len(c) else float("nan"), "gap": float((c - rj).mean()) if len(c) else
+            float("nan"), "flat_pairs": float((c == rj).sum()) / n, "wrong_pairs": float((c < rj).sum()) / n,
+            "chosen_transferred": from_pool / n}
 
 
 def best_of_n(samples, source_scores, utilities, k: int) -> float:
@@ -145,10 +151,11 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
     pool_scores = {name: _scores(fn, rows, pools) for name, fn in scorers.items()}
     pool_scores["(perfect: the judge's utility)"] = [us[k:] for us in utilities]
     pool_scores["(anti-oracle: minus the utility)"] = [[-u for u in us[k:]] for us in utilities]
-    rounds = {"no transfer": labelling_round(rows, samples, None, utilities, judge, k, replace_num)}
+    margin = recipe.online.min_margin
+    rounds = {"no transfer": labelling_round(rows, samples, None, utilities, judge, k, replace_num, min_margin=margin)}
     bon = {}
     for name, s in pool_scores.items():
-        rounds[name] = labelling_round(rows, samples, s, utilities, judge, k, replace_num)
+        rounds[name] = labelling_round(rows, samples, s, utilities, judge, k, replace_num, min_margin=margin)
         bon[name] = best_of_n(samples, s, utilities, k)
 
     lines = [f"# World report: {recipe.name}", "",
@@ -168,14 +175,15 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
         lines.append(f"| {fact} | {c['sample']:.3f} | {c['online']:.3f} | {c['pool']:.3f} | {go} |")
     lines += ["", f"## 3. Sources: agreement with the judge's utility ({agreement['n_pairs']} pairs of samples with "
               "different utility; 0.5 = chance), Best-of-N gain, one simulated labelling round "
-              f"(K={k}, replace_num={replace_num}, N={n_pool})", "",
-              "| source | agreement | BoN pick − sample (utility) | chosen utility | chosen − rejected gap | "
-              "pairs with no utility gap | chosen is transferred |", "|---|---|---|---|---|---|---|"]
+              f"(K={k}, replace_num={replace_num}, N={n_pool}, pairs kept if the judge's scores span >= "
+              f"{margin:g}; the last four columns are over kept pairs)", "",
+              "| source | agreement | BoN pick − sample (utility) | pairs kept | chosen utility | chosen − rejected gap | "
+              "pairs with no utility gap | chosen truly worse | chosen is transferred |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rd in rounds.items():
         agree = f"{agreement[name]:.3f}" if name in agreement else "—"
         gain = f"{bon[name]:+.3f}" if name in bon else "—"
-        lines.append(f"| {name} | {agree} | {gain} | {rd['chosen']:+.3f} | {rd['gap']:.3f} | {rd['flat_pairs']:.2f} | "
-                     f"{rd['chosen_transferred']:.2f} |")
+        lines.append(f"| {name} | {agree} | {gain} | {rd['kept']:.2f} | {rd['chosen']:+.3f} | {rd['gap']:.3f} | "
+                     f"{rd['flat_pairs']:.2f} | {rd['wrong_pairs']:.2f} | {rd['chosen_transferred']:.2f} |")
     text = "\n".join(lines) + "\n"
     (recipe.out / "world_report.md").write_text(text)
     (recipe.out / "world_report.json").write_text(json.dumps(

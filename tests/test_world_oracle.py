@@ -106,3 +106,28 @@ def test_rival_sentences_share_the_facts_role_and_event():
         assert len(rivals) >= 2
         assert f["person"] not in f["distractors"]["person"] and f["number"] not in f["distractors"]["number"]
         assert len(f["distractors"]["person"]) >= 1
+
+
+class _FixedJudge:
+    """Scores fixed per response, so the simulated round's choices are known by hand."""
+    def __init__(self, scores):
+        self.scores = scores
+
+    def score(self, rows, responses, seed=0):
+        return [self.scores[y] for y in responses]
+
+
+def test_labelling_round_keeps_pairs_as_the_loop_does_and_counts_label_errors():
+    from eval.world_report import labelling_round
+    rows = [{"id": str(i)} for i in range(3)]
+    samples = [["a", "b"], ["c", "d"], ["e", "f"]]
+    utilities = [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
+    judge = _FixedJudge({"a": 1.2, "b": 0.0, "c": 0.3, "d": 0.0, "e": 0.0, "f": 1.5})
+    # spans 1.2 (right way), 0.3 (equal utility), 1.5 (wrong way)
+    everything = labelling_round(rows, samples, None, utilities, judge, k=2, replace_num=1)
+    assert everything["kept"] == 1.0
+    assert everything["flat_pairs"] == pytest.approx(1 / 3) and everything["wrong_pairs"] == pytest.approx(1 / 3)
+    margin = labelling_round(rows, samples, None, utilities, judge, k=2, replace_num=1, min_margin=1.0)
+    assert margin["kept"] == pytest.approx(2 / 3)
+    assert margin["flat_pairs"] == 0.0 and margin["wrong_pairs"] == 0.5
+    assert margin["chosen"] == 0.5 and margin["gap"] == 0.0  # chosen a (1) and f (0); rejected b (0) and e (1)
