@@ -179,6 +179,10 @@ class OnlineConfig:
     xpo_alpha: float = f(1e-3, "XPO exploration coefficient (published term, see pipeline/losses.py)", ge=0)
     nll_alpha: float = f(0.0, ge=0, help="weight of an NLL term on the chosen response, per token, added to the loss "
                                        "(RPO; TRL's rpo_alpha; 0 = the paper's losses, pipeline/losses.py)")
+    sft_anchor: float = f(0.0, ge=0, help="weight of an NLL term on the reference summaries of random train rows (the "
+                                         "SFT data: no new labels), per token, added at every update step so that the "
+                                         "preference loss cannot erode what SFT taught (InstructGPT's pretraining "
+                                         "mix); 0 = off (docs/testbed.md)")
     min_margin: float = f(0.0, ge=0, help="train on a prompt's pair only if the judge's highest and lowest scores "
                                          "differ by at least this (judge-score units; 0 = drop exact ties only). The "
                                          "labels are spent either way: a filter on confidence, not on budget "

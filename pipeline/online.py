@@ -73,11 +73,17 @@ def make_pairs(rows, responses, scores, rng: random.Random, min_margin: float = 
     return pairs, dropped
 
 
-def update(policy: Policy, pairs: list[Pair], ref: dict, cfg: OnlineConfig, seed: int, on_step=None) -> dict:
+def update(policy: Policy, pairs: list[Pair], ref: dict, cfg: OnlineConfig, seed: int, on_step=None,
+           anchor_rows: list[dict] | None = None) -> dict:
     """Epochs of the preference loss over the iteration's pairs; reference log-probs given (precomputed).
-    on_step(stats) is called after each optimizer step (the tracker's per-step curves)."""
+    With cfg.sft_anchor, each step adds that weight times the token-mean NLL of batch_size (document, reference)
+    rows drawn from anchor_rows. on_step(stats) is called after each optimizer step (the tracker's per-step
+    curves)."""
+    if cfg.sft_anchor and not anchor_rows:
+        raise ValueError("online.sft_anchor > 0 needs rows with reference summaries to anchor to")
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    anchor = _anchor(anchor_rows, cfg, seed) if cfg.sft_anchor else None
     total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(step, cfg.warmup, total))
@@ -89,14 +95,28 @@ def update(policy: Policy, pairs: list[Pair], ref: dict, cfg: OnlineConfig, seed
     world = distributed.world_size()
     with distributed.data_parallel(policy), tqdm(total=total, desc="update", leave=False,
                                                  **distributed.bar_kwargs()) as bar:
-        _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step)
+        _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step, anchor)
     policy.eval()
     return {"steps": total, "loss_first": history[0]["loss"] if history else None,
             "loss_last": history[-1]["loss"] if history else None,
             "margin_last": history[-1]["margin"] if history else None, "world_size": world}
 
 
-def _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step) -> None:
+def _anchor(rows: list[dict], cfg: OnlineConfig, seed: int):
+    """A function of the policy: the token-mean NLL of the references of batch_size random rows. Its own random
+    draws, so the pairs' order is the same with or without the anchor."""
+    rng = random.Random(f"anchor-{seed}")
+
+    def nll(policy: Policy) -> torch.Tensor:
+        batch = rng.sample(rows, min(cfg.batch_size, len(rows)))
+        total, _, count = policy.logprobs([r["document"] for r in batch],
+                                          [policy.truncate_text(r["summary"], cfg.max_new_tokens) for r in batch],
+                                          batch_size=len(batch), grad=True)
+        return -total.sum() / count.sum()
+    return nll
+
+
+def _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, world, on_step, anchor=None) -> None:
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     for epoch in range(cfg.epochs):
         order = list(range(len(pairs)))
@@ -130,6 +150,12 @@ def _epochs(policy, pairs, ref, tokens_w, cfg, rng, opt, sched, bar, history, wo
                                          "the last good checkpoint is kept (lower online.lr?)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if anchor is not None:
+                # a second forward and backward (under DDP, one forward per backward); every process takes the
+                # same rows, so the averaged gradient is this batch's
+                nll = anchor(policy)
+                (cfg.sft_anchor * nll).backward()
+                stats["anchor_nll"] = nll.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             opt.step()
             step_lr = opt.param_groups[0]["lr"]
@@ -191,7 +217,8 @@ def run_iteration(t: int, policy: Policy, train_rows: list[dict], judge, store: 
     timings["reference_s"] = time.time() - t2
     t3 = time.time()
     try:
-        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t, on_step=on_step)
+        upd = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + t, on_step=on_step,
+                     anchor_rows=train_rows if cfg.sft_anchor else None)
     except FloatingPointError as e:
         raise FloatingPointError(f"iteration {t}: {e}") from None
     timings["update_s"] = time.time() - t3

@@ -57,7 +57,8 @@ _NOT_OUTPUTS = {"iterations", "max_judge_failure_rate"}
 # Keys added after runs existed, with the value that means "as before": left out of the comparison with a run's
 # saved config.yaml and of the stage fingerprints while they hold it, so a run started before the key existed
 # resumes as it was (no --force, no stage redone).
-_ADDED_LATER = {("data", "exclude_docs_of"): "", ("table", "pairs"): [], ("online", "min_margin"): 0.0}
+_ADDED_LATER = {("data", "exclude_docs_of"): "", ("table", "pairs"): [], ("online", "min_margin"): 0.0,
+                ("online", "sft_anchor"): 0.0}
 
 
 def _comparable(config: dict) -> dict:

@@ -212,3 +212,28 @@ def test_transfer_without_a_usable_pool_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"online.n_pool is 0: set online.n_pool") as e:
         build_scorers(recipe)
     assert "\n" not in str(e.value)
+
+
+def test_sft_anchor_keeps_the_references_likelier_than_the_same_update_without_it(make_policy):
+    # pairs whose chosen is a filler sentence: the preference loss alone pulls the policy away from writing summaries
+    rows = world.generate(16, WorldConfig(), seed=1)
+    pairs = [Pair(r, "The council will meet again next month.", r["summary"], r["summary"]) for r in rows[:8]]
+    anchor_rows = rows[8:]
+    nll = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        policy = make_policy("t5-tiny")
+        cfg = OnlineConfig(beta=0.1, lr=3e-3, warmup=0, epochs=3, batch_size=4, sft_anchor=weight)
+        ref = reference_logprobs(policy, pairs, cfg, None)
+        stats = update(policy, pairs, ref, cfg, seed=0, anchor_rows=anchor_rows if weight else None)
+        total, _, count = policy.logprobs([r["document"] for r in anchor_rows], [r["summary"] for r in anchor_rows])
+        nll[weight] = -(total.sum() / count.sum()).item()
+        assert stats["steps"] == 6
+    assert nll[1.0] < nll[0.0] - 0.1
+
+
+def test_sft_anchor_without_rows_is_refused(make_policy):
+    policy = make_policy("t5-tiny")
+    cfg = OnlineConfig(sft_anchor=1.0)
+    with pytest.raises(ValueError, match="sft_anchor"):
+        update(policy, [], {"w": torch.zeros(0), "l": torch.zeros(0)}, cfg, seed=0)
