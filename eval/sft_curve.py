@@ -89,7 +89,8 @@ def _write(recipe: Recipe, results: list[dict], k: int, n_pool: int, n_prompts: 
              "utility |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         c, f = r["coverage"], r["facts"]
-        cells = [" / ".join(f"{c[x][w]:.2f}" for w in ("sample", "online", "pool")) for x in ("person", "place", "number")]
+        cells = [" / ".join(f"{c[x][w]:.2f}" for w in ("sample", "online", "pool"))
+                 for x in ("person", "place", "number")]
         lines.append(f"| {r['sft_steps']} | " + " | ".join(cells) + f" | {f['rival_fact']:.2f} | "
                      f"{f['invented_per_summary']:.2f} | {f['words']:.1f} | {f['oracle_utility']:+.2f} |")
     atomic_write_text(out / "curve.md", "\n".join(lines) + "\n")

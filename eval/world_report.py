@@ -177,8 +177,9 @@ def report(recipe: Recipe, scorers: dict, n_prompts: int = 200, k: int | None = 
               "different utility; 0.5 = chance), Best-of-N gain, one simulated labelling round "
               f"(K={k}, replace_num={replace_num}, N={n_pool}, pairs kept if the judge's scores span >= "
               f"{margin:g}; the last four columns are over kept pairs)", "",
-              "| source | agreement | BoN pick − sample (utility) | pairs kept | chosen utility | chosen − rejected gap | "
-              "pairs with no utility gap | chosen truly worse | chosen is transferred |", "|---|---|---|---|---|---|---|---|---|"]
+              "| source | agreement | BoN pick − sample (utility) | pairs kept | chosen utility | "
+              "chosen − rejected gap | pairs with no utility gap | chosen truly worse | chosen is transferred |",
+              "|---" * 9 + "|"]
     for name, rd in rounds.items():
         agree = f"{agreement[name]:.3f}" if name in agreement else "—"
         gain = f"{bon[name]:+.3f}" if name in bon else "—"
