@@ -18,7 +18,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "stages.yaml"
 PROMPTS = 12
 # stage -> its natural baselines in the recipe (same budget); every row meets no_transfer's label count but the
 # two stages that spend their own budget on pairwise queries
-BASELINES = {"relevance": ["tpo"], "dual_active": ["dual_active:random", "dual_active:cheapest"],
+BASELINES = {"relevance": ["tpo", "exploit:t5_big"], "dual_active": ["dual_active:random", "dual_active:cheapest"],
              "lowrank": ["lowrank:pooled"], "shared": ["shared:single_task"]}
 
 
@@ -27,7 +27,10 @@ def stage_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("stages")
     recipe = load_recipe(RECIPE, [
         *TINY_OVERRIDES, f"run_dir={out}", "sft.copy_steps=0", "source_models=[]",
-        "online.sources=[{name: rouge}, {name: rouge, label: doc_overlap, against: document}]",
+        # t5_big's label on a second ROUGE scorer: the tiny world trains no source model, and the recipe's
+        # exploit:t5_big row needs an arm of that name
+        "online.sources=[{name: rouge}, {name: rouge, label: doc_overlap, against: document}, "
+        "{name: rouge, label: t5_big}]",
         # K = 3 (3 candidate pairs a prompt), so identical tiny-policy samples never leave a baseline short of pairs
         "online.k=3", "online.n_pool=3", f"online.prompts_per_iteration={PROMPTS}", "table.seeds=[0]",
         "table.aa=false"])
@@ -51,7 +54,7 @@ def cost(judges: list[str]) -> float:
 
 def test_the_recipe_names_each_stage_with_its_baselines_and_the_published_ones(stage_runs):
     _, done = stage_runs
-    assert list(done) == ["no_transfer", "tpo", "ensemble", "linucb", "relevance", "dual_active", "dual_active:random",
+    assert list(done) == ["no_transfer", "tpo", "exploit:t5_big", "ensemble", "linucb", "relevance", "dual_active", "dual_active:random",
                           "dual_active:cheapest", "lowrank", "lowrank:pooled", "shared", "shared:single_task"]
     full = load_recipe(RECIPE)
     assert full.table.baseline == "no_transfer" and full.online.iterations == 2 and full.table.seeds == [0, 1, 2]
