@@ -21,7 +21,7 @@ import sys
 import time
 
 from eval.world_report import FACTS, fact_table
-from pipeline.cli import run_command
+from pipeline.cli import int_list, run_command
 from pipeline.config import Recipe, load_recipe
 from pipeline.durable import atomic_write_text
 from pipeline.models import load_policy
@@ -101,20 +101,10 @@ def _write(recipe: Recipe, results: list[dict], pool: int, n_test: int, n_sample
     atomic_write_text(out / "budget.json", json.dumps(results, indent=1))
 
 
-def _budgets(text: str) -> list[int]:
-    try:
-        budgets = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--pairs must be comma-separated integers, got {text!r}") from None
-    if not budgets or min(budgets) < 1:
-        raise argparse.ArgumentTypeError(f"--pairs must list budgets >= 1, got {text!r}")
-    return budgets
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.pair_budget", description=__doc__.split("\n")[0])
     parser.add_argument("recipe")
-    parser.add_argument("--pairs", type=_budgets, default=[384, 1536, 6144],
+    parser.add_argument("--pairs", type=int_list("--pairs", 1), default=[384, 1536, 6144],
                         help="prompts per update, comma-separated (each update starts from the SFT checkpoint)")
     parser.add_argument("--pool", type=int, default=8, help="SFT samples per prompt, from which the pair is taken")
     parser.add_argument("--prompts", type=int, default=300, help="held-out test prompts measured per budget")

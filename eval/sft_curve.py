@@ -25,7 +25,7 @@ import torch
 
 from eval.world_report import coverage, fact_table
 from pipeline import tracking
-from pipeline.cli import run_command
+from pipeline.cli import int_list, run_command
 from pipeline.config import Recipe, TrackingConfig, load_recipe
 from pipeline.durable import atomic_write_text
 from pipeline.models import load_policy
@@ -97,20 +97,10 @@ def _write(recipe: Recipe, results: list[dict], k: int, n_pool: int, n_prompts: 
     atomic_write_text(out / "curve.json", json.dumps(results, indent=1))
 
 
-def _budgets(text: str) -> list[int]:
-    try:
-        budgets = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be comma-separated integers, got {text!r}") from None
-    if not budgets or min(budgets) < 0:
-        raise argparse.ArgumentTypeError(f"--steps must list budgets >= 0, got {text!r}")
-    return budgets
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.sft_curve", description=__doc__.split("\n")[0])
     parser.add_argument("recipe")
-    parser.add_argument("--steps", type=_budgets, default=[0, 50, 100, 200, 400, 900],
+    parser.add_argument("--steps", type=int_list("--steps", 0), default=[0, 50, 100, 200, 400, 900],
                         help="SFT budgets to measure, comma-separated (each restarts from the copy-pretrained policy)")
     parser.add_argument("--prompts", type=int, default=200, help="held-out prompts sampled per budget")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)

@@ -5,6 +5,7 @@ resumed, 130 when interrupted.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import importlib
@@ -178,3 +179,16 @@ def check_names(recipe, until: str = "eval", table: bool = False) -> None:
     if until == "eval" and data.test_size == 0:
         raise ConfigError("the eval stage compares policies on held-out test prompts, but data.test_size is 0: "
                           "set it to at least 1, or stop earlier with --stage online")
+
+
+def int_list(flag: str, minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type for a flag that takes comma-separated integers, each >= minimum (errors name the flag)."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be comma-separated integers, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must list values >= {minimum}, got {text!r}")
+        return values
+    return parse

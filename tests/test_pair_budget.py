@@ -36,4 +36,4 @@ def test_bad_budget_list_is_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
         pair_budget.main(["r.yaml", "--pairs", "0"])
     assert e.value.code == 2
-    assert "--pairs must list budgets >= 1" in capsys.readouterr().err
+    assert "--pairs must list values >= 1" in capsys.readouterr().err

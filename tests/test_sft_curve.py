@@ -57,4 +57,4 @@ def test_bad_budget_list_is_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
         sft_curve.main(["r.yaml", "--steps", "10,-5"])
     assert e.value.code == 2
-    assert "--steps must list budgets >= 0" in capsys.readouterr().err
+    assert "--steps must list values >= 0" in capsys.readouterr().err

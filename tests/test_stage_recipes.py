@@ -54,8 +54,9 @@ def cost(judges: list[str]) -> float:
 
 def test_the_recipe_names_each_stage_with_its_baselines_and_the_published_ones(stage_runs):
     _, done = stage_runs
-    assert list(done) == ["no_transfer", "tpo", "exploit:t5_big", "ensemble", "linucb", "relevance", "dual_active", "dual_active:random",
-                          "dual_active:cheapest", "lowrank", "lowrank:pooled", "shared", "shared:single_task"]
+    assert list(done) == ["no_transfer", "tpo", "exploit:t5_big", "ensemble", "linucb", "relevance", "dual_active",
+                          "dual_active:random", "dual_active:cheapest", "lowrank", "lowrank:pooled", "shared",
+                          "shared:single_task"]
     full = load_recipe(RECIPE)
     assert full.table.baseline == "no_transfer" and full.online.iterations == 2 and full.table.seeds == [0, 1, 2]
     assert full.online.lr == 1.0e-3 and full.online.nll_alpha == 1.0 and full.online.k == 2  # the testbed's update
