@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         if not hasattr(build_judge(recipe), "weights"):
             raise ValueError(f"the SFT curve needs the oracle judge; {args.recipe}'s judge is {recipe.judge.name}")
         run(recipe, until="data")
-        print(open(recipe.out / "sft_curve" / "curve.md").read() if curve(recipe, args.steps, args.prompts) else "")
+        curve(recipe, args.steps, args.prompts)
+        print((recipe.out / "sft_curve" / "curve.md").read_text())
 
     return run_command(body)
 

@@ -29,6 +29,7 @@ import numpy as np
 from pipeline import world
 from pipeline.cli import check_names, run_command
 from pipeline.config import Recipe, load_recipe
+from pipeline.labels import separates
 from pipeline.models import load_policy
 from pipeline.runner import build_judge, build_scorers, configure_threads, load_split, policy_config, run
 from reward_sources.oracle import PERSONAS, utility
@@ -96,7 +97,7 @@ def labelling_round(rows, samples, source_scores, utilities, judge, k: int, repl
             online = pool[:replace_num] + online[replace_num:]
         noisy = judge.score([r] * len(online), [ys[j] for j in online], seed=seed)
         top, low = max(noisy), min(noisy)
-        if top == low or top - low < min_margin:
+        if not separates(noisy, min_margin):
             continue
         w = rng.choice([j for j, s in zip(online, noisy) if s == top])
         lo = rng.choice([j for j, s in zip(online, noisy) if s == low])
@@ -104,11 +105,11 @@ def labelling_round(rows, samples, source_scores, utilities, judge, k: int, repl
         rejected.append(us[lo])
         from_pool += w >= k
     c, rj = np.array(chosen), np.array(rejected)
-    n = max(len(c), 1)
-    return {"kept": len(c) / len(rows), "chosen": float(c.mean()) if len(c) else float("nan"),
-            "rejected": float(rj.mean()) if len(c) else float("nan"), "gap": float((c - rj).mean()) if len(c) else
-            float("nan"), "flat_pairs": float((c == rj).sum()) / n, "wrong_pairs": float((c < rj).sum()) / n,
-            "chosen_transferred": from_pool / n}
+
+    def mean(x) -> float:  # nan when the margin kept no pair
+        return float(x.mean()) if len(x) else float("nan")
+    return {"kept": len(c) / len(rows), "chosen": mean(c), "rejected": mean(rj), "gap": mean(c - rj),
+            "flat_pairs": mean(c == rj), "wrong_pairs": mean(c < rj), "chosen_transferred": from_pool / max(len(c), 1)}
 
 
 def best_of_n(samples, source_scores, utilities, k: int) -> float:

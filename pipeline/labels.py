@@ -19,6 +19,12 @@ from reward_sources.contracts import is_shardable
 
 log = logging.getLogger(__name__)
 
+
+def separates(scores: list[float], min_margin: float = 0.0) -> bool:
+    """Whether a prompt's valid judge scores make a training pair: at least two, not all equal, and the highest and
+    lowest at least min_margin apart (the online loop's rule; the world report simulates it with this too)."""
+    return len(scores) >= 2 and max(scores) != min(scores) and max(scores) - min(scores) >= min_margin
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
     key TEXT PRIMARY KEY,           -- hash of (judge, seed, prompt id, response a, response b)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from pipeline import distributed, tracking
 from pipeline.config import ModelConfig, OnlineConfig
 from pipeline.durable import atomic_write_text, crash_point
-from pipeline.labels import LabelStore, judge_handler
+from pipeline.labels import LabelStore, judge_handler, separates
 from pipeline.losses import preference_loss
 from pipeline.models import Policy, load_policy
 from pipeline.selection.base import SELF, LabelContext
@@ -65,7 +65,7 @@ def make_pairs(rows, responses, scores, rng: random.Random, min_margin: float = 
     pairs, dropped = [], 0
     for r, ys, ss in zip(rows, responses, scores):
         valid = [s for s in ss if s is not None]
-        if len(valid) < 2 or max(valid) == min(valid) or max(valid) - min(valid) < min_margin:
+        if not separates(valid, min_margin):
             dropped += 1
             continue
         # the last response is never replaced by transfer (replace_num < K): a sample of π_ref, for XPO
