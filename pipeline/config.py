@@ -244,6 +244,12 @@ class TableConfig:
     utility_samples: int = f(4, "samples per prompt and checkpoint for the exact-utility headline; every checkpoint "
                                 "is sampled with the same sampling seeds (common random numbers)", ge=1)
     jobs: int = f(1, "online runs (method, seed) trained at once, each in its own process with one torch thread", ge=1)
+    vary_build: bool = f(False, "give each training seed s its own build: the SFT checkpoint and source models "
+                                "trained again with policy.init_seed, sft.seed and each source model's init_seed and "
+                                "sft.seed offset by s, in <run_dir>/builds/seed<s> (s = 0: the recipe's own build); "
+                                "every row of seed s (its A/A run too) starts from it, so the interval over seeds "
+                                "covers build-to-build variation, not training noise alone. The world (data.seed) is "
+                                "kept. Costs one build per seed")
 
 
 @dataclass

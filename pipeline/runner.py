@@ -58,7 +58,7 @@ _NOT_OUTPUTS = {"iterations", "max_judge_failure_rate"}
 # saved config.yaml and of the stage fingerprints while they hold it, so a run started before the key existed
 # resumes as it was (no --force, no stage redone).
 _ADDED_LATER = {("data", "exclude_docs_of"): "", ("table", "pairs"): [], ("online", "min_margin"): 0.0,
-                ("online", "sft_anchor"): 0.0}
+                ("online", "sft_anchor"): 0.0, ("table", "vary_build"): False}
 
 
 def _comparable(config: dict) -> dict:

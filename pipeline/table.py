@@ -5,7 +5,10 @@ pure exploit of each source `exploit:<source>`, or the recipe's own list, which 
 selection stages relevance / dual_active / lowrank / shared) runs I online iterations for each of S training
 seeds; with table.aa the baseline runs once more per seed s with training seed s + table.aa_seed_offset
 (`aa:<baseline>`), an A/A comparison whose spread is training-seed noise alone. The (method, seed) runs are
-independent: table.jobs (or --jobs N) trains up to N of them at once, each in its own process.
+independent: table.jobs (or --jobs N) trains up to N of them at once, each in its own process. With
+table.vary_build every training seed s has its own build (SFT checkpoint and source models trained with seeds
+offset by s, runs/<name>/builds/seed<s>), shared by every row of that seed: the pairs stay within a build and the
+interval over seeds covers how much a result depends on the build.
 
 Headline, when the eval judge knows the exact utility (the synthetic world's oracle): every checkpoint samples
 table.utility_samples responses on table.utility_prompts held-out test prompts with the sampling seed of its
@@ -99,7 +102,39 @@ def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
         if outside:  # a training seed reaches np.random.seed: a traceback mid-table otherwise
             raise ConfigError(f"table.aa_seed_offset={recipe.table.aa_seed_offset} gives the A/A run training seed(s) "
                               f"{outside}, outside 0 .. {SEED_MAX}")
+    if recipe.table.vary_build:
+        seeds = {"policy.init_seed": recipe.policy.init_seed, "sft.seed": recipe.sft.seed}
+        for sm in recipe.source_models:
+            seeds.update({f"source_models[{sm.label}].model.init_seed": sm.model.init_seed,
+                          f"source_models[{sm.label}].sft.seed": sm.sft.seed})
+        over = [k for k, v in seeds.items() if v + max(recipe.table.seeds) > SEED_MAX]
+        if over:
+            raise ConfigError(f"table.vary_build offsets {', '.join(over)} by up to {max(recipe.table.seeds)}, past "
+                              f"{SEED_MAX}")
     return out
+
+
+def build_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """The recipe whose data, SFT checkpoint and source models the rows of training seed `seed` start from: the
+    recipe itself, or with table.vary_build the build of seed s, whose SFT and source-model seeds (initial weights,
+    batch order) are offset by s, in <run_dir>/builds/seed<s>. Offset 0 is the recipe's own build, in its own
+    folder. data.seed is kept: every build holds the same articles, so every checkpoint meets the same test prompts.
+    The returned recipe does not vary builds itself: its own table would be a table on that one build."""
+    if not recipe.table.vary_build or seed == 0:
+        return recipe
+    shift = lambda model: dataclasses.replace(model, init_seed=model.init_seed + seed)
+    return dataclasses.replace(
+        recipe, run_dir=str(recipe.out / "builds" / f"seed{seed}"), policy=shift(recipe.policy),
+        table=dataclasses.replace(recipe.table, vary_build=False),  # a build is a plain recipe of its own
+        sft=dataclasses.replace(recipe.sft, seed=recipe.sft.seed + seed),
+        source_models=[dataclasses.replace(sm, model=shift(sm.model), sft=dataclasses.replace(sm.sft, seed=sm.sft.seed
+                                                                                              + seed))
+                       for sm in recipe.source_models])
+
+
+def builds(recipe: Recipe) -> list[Recipe]:
+    """Every build the table's rows start from: the recipe's own, or one per training seed with table.vary_build."""
+    return [build_recipe(recipe, s) for s in dict.fromkeys(recipe.table.seeds if recipe.table.vary_build else [0])]
 
 
 def aa_label(recipe: Recipe) -> str | None:
@@ -126,15 +161,19 @@ def run_dir(recipe: Recipe, method: str, seed: int) -> Path:
 def train_one(recipe: Recipe, label: str, selector: SelectorConfig, seed: int, training_seed: int,
               judge=None, scorers: dict | None = None) -> None:
     """One (method, seed) online run: the runner's online stage in the row's own folder (resumed, verified,
-    sealed like any run's). A worker process builds its own judge and sources; seeding is the same either way, so
-    a run's results do not depend on table.jobs."""
+    sealed like any run's), from the seed's build. A worker process builds its own judge and sources; seeding is
+    the same either way, so a run's results do not depend on table.jobs."""
     print(f"\n== {label}, seed {seed}" + (f" (training seed {training_seed})" if training_seed != seed else "")
           + " ==", flush=True)
     cfg = dataclasses.replace(recipe.online, seed=training_seed, selector=selector)
-    online_run(recipe, run_dir(recipe, label, seed), cfg, judge, {} if selector.name == "none" else scorers)
+    online_run(build_recipe(recipe, seed), run_dir(recipe, label, seed), cfg, judge,
+               {} if selector.name == "none" else scorers)
 
 
-def train_all(recipe: Recipe, judge, scorers: dict, jobs: int = 1) -> None:
+def train_all(recipe: Recipe, judge, scorers: dict | None, jobs: int = 1) -> None:
+    """Every (method, seed) run not yet finished. `scorers` serve the recipe's own build; with table.vary_build
+    each run builds its build's own (a loglik source reads that build's model)."""
+    scorers = None if recipe.table.vary_build else scorers
     here = (judge, scorers) if jobs <= 1 else ()  # a worker process builds its own
     execute([(f"online run {label} seed {seed}", train_one, (recipe, label, sel, seed, training_seed, *here))
              for label, sel, seed, training_seed in runs(recipe)
@@ -426,12 +465,19 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     tc = recipe.table  # its sizes' ranges (>= 1) were checked when the recipe was loaded
     if (recipe.eval.judge or recipe.judge).name == "oracle":  # it knows the utility: before any stage, not after
         headline_baseline(recipe)
-    run(recipe, until="sources", force=force)
-    verify_shared_inputs(recipe)  # once: every row starts from them (a row checks only its own iterations)
+    if recipe.table.vary_build:
+        run(recipe, until="data", force=force)  # the test prompts every checkpoint is sampled on
+        execute([(f"build {b.out}", run, (b, "sources", force)) for b in builds(recipe)],
+                min(jobs, len(builds(recipe))), recipe.out)
+    else:
+        run(recipe, until="sources", force=force)
+    for b in builds(recipe):
+        verify_shared_inputs(b)  # once: every row starts from them (a row checks only its own iterations)
     seed_everything(recipe.seed)
     judge = build_judge(recipe)
-    scorers = build_scorers(recipe)
-    print(world_report.report(recipe, scorers), flush=True)
+    for b in builds(recipe):  # the go/no-go diagnostic of each build, in its own folder
+        scorers = build_scorers(b)
+        print(world_report.report(b, scorers), flush=True)
     if jobs > 1:  # the workers build their own; the parent's would only hold (GPU) memory meanwhile
         judge = scorers = None
     eval_judge = build_judge(recipe, recipe.eval.judge)

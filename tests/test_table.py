@@ -175,6 +175,9 @@ def test_table_method_errors_fail_before_any_stage(tmp_path):
         make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES, "table.baseline=tpo"]))
     with pytest.raises(ConfigError, match="reuse training seed"):
         methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, "table.seeds=[0, 1]", "table.aa_seed_offset=1"]))
+    with pytest.raises(ConfigError, match=r"table.vary_build offsets sft.seed by up to 2, past 4294967295"):
+        make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, "table.seeds=[0, 2]", "table.vary_build=true",
+                                      "sft.seed=4294967294"]))
     assert not (tmp_path / "data").exists()
 
 
@@ -302,3 +305,45 @@ def test_table_pairs_add_paired_rows_of_a_method_against_its_own_baseline(tmp_pa
         with pytest.raises(ConfigError, match=r"table.pairs entry .* must be \[method, baseline\]"):
             methods(load_recipe(None, [f"run_dir={tmp_path}", "table.methods=[{label: none, selector: {name: none}}, "
                                        "{label: a, selector: {name: none}}]", f"table.pairs={bad}"]))
+
+
+def test_vary_build_gives_each_training_seed_its_own_build(tmp_path):
+    """With table.vary_build the rows of seed 1 (the A/A run included) start from an SFT checkpoint and source
+    model trained with seeds offset by 1, in builds/seed1; seed 0's build is the recipe's own. A row's outputs
+    equal those of the same run started by hand from that build, and differ from the run from the seed-0 build."""
+    from pipeline.runner import run
+    from pipeline.table import build_recipe, builds, train_one
+
+    big = ["source_models=[{label: big, model: {name: 'shape:t5-tiny'}, sft: {steps: 2, batch_size: 8, "
+           "eval_examples: 0}}]", "online.sources=[{name: loglik, label: big, model: 'run:big', reduce: sum}]"]
+    rows = ("table.methods=[{label: no_transfer, selector: {name: none}}, "
+            "{label: exploit_big, selector: {name: fixed, params: {arm: big}}}]")
+    common = [*TINY, *big, rows, "table.seeds=[0, 1]"]
+    recipe = load_recipe(None, [f"run_dir={tmp_path / 'varied'}", *common, "table.vary_build=true"])
+    assert build_recipe(recipe, 0) is recipe
+    b1 = build_recipe(recipe, 1)
+    assert b1.out == tmp_path / "varied" / "builds" / "seed1"
+    assert [b.out for b in builds(recipe)] == [recipe.out, b1.out]
+    assert (b1.policy.init_seed, b1.sft.seed, b1.data) == (recipe.policy.init_seed + 1, recipe.sft.seed + 1,
+                                                           recipe.data)
+    assert (b1.source_models[0].model.init_seed, b1.source_models[0].sft.seed) == (1, 1)
+    assert not b1.table.vary_build and build_recipe(b1, 1) is b1
+    make_table(recipe, jobs=2)
+    assert load_split(b1.out / "data", "test") == load_split(recipe.out / "data", "test")  # the same world
+    weights = lambda d: (d / "model" / "model.safetensors").read_bytes()
+    assert weights(b1.out / "sft") != weights(recipe.out / "sft")
+    assert weights(b1.out / "sources" / "big") != weights(recipe.out / "sources" / "big")
+    assert (b1.out / "world_report.md").exists() and (recipe.out / "world_report.md").exists()
+
+    # the same rows trained by hand from the recipe's own build (no vary_build): seed 0 equal, seed 1 not
+    fixed = load_recipe(None, [f"run_dir={tmp_path / 'fixed'}", *common])
+    run(fixed, until="sources")
+    it1 = lambda r, m, s: run_dir(r, m, s) / "online" / "iter_1"
+    for label, sel in methods(fixed):
+        for seed in (0, 1):
+            train_one(fixed, label, sel, seed, seed)
+            assert (weights(it1(fixed, label, seed)) == weights(it1(recipe, label, seed))) == (seed == 0), (label, seed)
+    # the A/A run of seed 1 (training seed 1001) starts from build 1 as well
+    train_one(build_recipe(recipe, 1), "aa_by_hand", methods(recipe)[0][1], 1, 1001)
+    by_hand = run_dir(build_recipe(recipe, 1), "aa_by_hand", 1) / "online" / "iter_1"
+    assert weights(by_hand) == weights(it1(recipe, "aa:no_transfer", 1))
