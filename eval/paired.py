@@ -22,6 +22,9 @@ import numpy as np
 from scipy import special, stats
 
 FIELDS = ["method", "baseline", "iteration", "seeds", "mean_diff", "ci_low", "ci_high", "expected_win_rate"]
+# paired_per_seed.csv: what each row's interval is computed from, so a later run with more seeds can be pooled with
+# this one by hand, and a reader can see which seed (or build) moved a mean
+SEED_FIELDS = ["method", "baseline", "iteration", "seed", "diff", "utility", "baseline_utility", "expected_win_rate"]
 AA_PREFIX = "aa:"
 
 
@@ -61,7 +64,7 @@ def paired_rows(utilities: dict, baseline: str, temperature: float, methods: lis
         if method == baseline:
             continue
         for t in iterations:
-            diffs, wins = [], []
+            diffs, wins, per_seed = [], [], []
             for seed in sorted({s for m, s, i in utilities if m == method and i == t}):
                 base = utilities.get((baseline, seed, t))
                 if base is None:
@@ -72,17 +75,19 @@ def paired_rows(utilities: dict, baseline: str, temperature: float, methods: lis
                                      f"be paired with {baseline}'s {b.shape}")
                 diffs.append(float(a.mean() - b.mean()))
                 wins.append(expected_win_rate(a, b, temperature))
+                per_seed.append(dict(seed=seed, diff=diffs[-1], utility=float(a.mean()),
+                                     baseline_utility=float(b.mean()), expected_win_rate=wins[-1]))
             if not diffs:
                 continue
             m, lo, hi = paired_interval(diffs)
             rows.append(dict(method=method, baseline=baseline, iteration=t, seeds=len(diffs), mean_diff=m,
-                             ci_low=lo, ci_high=hi, expected_win_rate=float(np.mean(wins))))
+                             ci_low=lo, ci_high=hi, expected_win_rate=float(np.mean(wins)), per_seed=per_seed))
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fields: list[str] = FIELDS) -> None:
     with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -118,9 +123,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write(out: Path, rows: list[dict], head: str) -> str:
-    """paired.csv and paired.md under out; returns the markdown."""
+    """paired.csv, paired_per_seed.csv and paired.md under out; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "paired.csv", rows)
+    write_csv(out / "paired_per_seed.csv", [dict(s, method=r["method"], baseline=r["baseline"],
+                                                 iteration=r["iteration"]) for r in rows for s in r["per_seed"]],
+              SEED_FIELDS)
     md = f"{head}\n\n{markdown(rows)}"
     (out / "paired.md").write_text(md + "\n")
     return md

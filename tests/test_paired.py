@@ -78,6 +78,15 @@ def test_paired_files(tmp_path):
     assert len(got) == 4 and got[2]["method"] == "aa:no_transfer"
     assert "| tpo | no_transfer | Δu +0.20 [−1.07, +1.47] · 59.8% | Δu +0.10 [–, –] · 54.9% |" in md
     assert "| aa:no_transfer | no_transfer | Δu +0.00 [+0.00, +0.00] · 50.0% |" in md
+    # what each interval is computed from: one line per (row, seed), each seed's diff and both utilities
+    with open(tmp_path / "paired_per_seed.csv", newline="") as fh:
+        seeds = list(csv.DictReader(fh))
+    tpo1 = [(r["seed"], float(r["diff"]), float(r["utility"]), float(r["baseline_utility"])) for r in seeds
+            if r["method"] == "tpo" and r["iteration"] == "1"]
+    assert tpo1 == [("0", pytest.approx(0.1), pytest.approx(1.1), 1.0), ("1", pytest.approx(0.3), pytest.approx(1.3),
+                                                                          1.0)]
+    assert len(seeds) == 2 + 1 + 2 + 2 and float(seeds[0]["expected_win_rate"]) == pytest.approx(
+        (2 * sigma(0.4) + 2 * 0.5) / 4)
     assert md.startswith("Exact utility under oracle[default]") and "2 test prompts × 2 samples" in md
     assert "T = 0.5" in md and "over training seeds" in md
     assert (tmp_path / "paired.md").read_text().strip() == md and markdown(rows) in md

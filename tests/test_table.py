@@ -58,6 +58,8 @@ def test_tiny_table_end_to_end(tmp_path):
     md = (out / "paired.md").read_text()
     assert "7 test prompts × 2 samples" in md and "| aa:no_transfer | no_transfer | Δu " in md
     assert (out / "paired.png").exists()
+    with open(out / "paired_per_seed.csv", newline="") as fh:  # the per-seed differences behind each interval
+        assert len(list(csv.DictReader(fh))) == len(paired) * 2
     # what the samples state: one row per (method, iteration)
     behaviour = (out / "behaviour.md").read_text().splitlines()
     assert sum(line.startswith("| tpo | ") for line in behaviour) == 2 and len(behaviour) == 4 + 4 * 2
