@@ -39,7 +39,9 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
+import threading
 import time
 from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -181,9 +183,20 @@ def train_all(recipe: Recipe, judge, scorers: dict | None, jobs: int = 1) -> Non
             jobs, recipe.out)
 
 
-def _worker(fn, args: tuple, log_dir: Path) -> str | None:
+def _exit_with(parent: int) -> None:
+    # A killed table process would otherwise leave its workers training on, holding their runs' locks (a rerun is
+    # refused as "in use") with nobody to collect their results. Exiting hard loses no more than a crash would:
+    # what a run saves is written atomically and resumed by the rerun.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _worker(fn, args: tuple, log_dir: Path, parent: int) -> str | None:
     """A job in a spawned process: one torch thread (TRLHF_THREADS), run.log, and its error as one line (a
-    string always crosses the process boundary; some exceptions do not unpickle)."""
+    string always crosses the process boundary; some exceptions do not unpickle). It ends when the table process
+    that started it dies."""
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     configure_threads()
     setup_logging(log_dir)
     try:
@@ -208,7 +221,7 @@ def execute(tasks: list[tuple[str, object, tuple]], jobs: int, log_dir: Path) ->
     errors = []
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                              max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_worker, fn, args, log_dir): desc for desc, fn, args in tasks}
+        futures = {pool.submit(_worker, fn, args, log_dir, os.getpid()): desc for desc, fn, args in tasks}
         for fut in as_completed(futures):
             try:
                 err = fut.result()

@@ -270,3 +270,58 @@ def test_full_label_store_is_one_line(sft_run, tmp_path, capsys, monkeypatch):
     assert (run / "sft" / "DONE").exists() and not (run / "eval" / "DONE").exists()
     monkeypatch.undo()
     assert main(["run", recipe, *TINY]) == 0  # space again: the same command resumes
+
+
+_TABLE_PARENT = '''
+import os, sys, time
+from pathlib import Path
+from pipeline.table import execute
+
+def job(marker):
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(600)
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    execute([(f"job {i}", job, (str(out / f"worker{i}"),)) for i in range(2)], 2, out)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:  # a reparented child that nobody reaps stays a zombie: it has ended all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_table_jobs_end_when_the_table_process_is_killed(tmp_path):
+    """`pipeline table --jobs N` killed (SIGKILL, OOM) must not leave its job processes training on: they would
+    hold their runs' locks, so the rerun that resumes the table would be refused."""
+    import signal
+    import sys
+    import time
+    script = tmp_path / "parent.py"
+    script.write_text(_TABLE_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=Path(__file__).resolve().parents[1])
+    markers = [tmp_path / f"worker{i}" for i in range(2)]
+    pids = []
+    try:
+        deadline = time.time() + 120
+        while not all(m.exists() and m.read_text() for m in markers):
+            assert parent.poll() is None and time.time() < deadline, "the jobs never started"
+            time.sleep(0.2)
+        pids = [int(m.read_text()) for m in markers]
+        assert all(_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        for p in [parent.pid, *pids]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
