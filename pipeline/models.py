@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -135,6 +136,18 @@ class GumbelSampler(LogitsProcessor):
             kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         return logits + self.noise[:, step - block * self.CHUNK]
+
+
+def cached_forward(model, cache=None, **inputs):
+    """A causal LM's forward over a KV cache: (output, the cache after it). transformers 5.x renamed the forward's
+    `past_key_values` to `cache` (the old name warns, and is removed in 5.40); whichever the installed model takes is
+    used, so the scoring code works on either side of the rename."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if cache is not None:
+        inputs[name] = cache
+    out = model(**inputs)
+    new = out.get("cache") if "cache" in out else out.get("past_key_values")
+    return out, new
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

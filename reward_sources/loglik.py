@@ -26,7 +26,7 @@ from collections import defaultdict
 import torch
 
 from pipeline import config
-from pipeline.models import load_policy, pad_ids, token_logprobs
+from pipeline.models import cached_forward, load_policy, pad_ids, token_logprobs
 from reward_sources.rouge import check_batch, check_spec, positive_int
 
 OPTIONS = {"model", "reduce", "minus_reference", "pmi", "beta", "batch_size"}
@@ -126,11 +126,11 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
             out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
         return out
     n_head, head_cache = (0, None) if head is None else (head[0], copy.deepcopy(head[1]))
-    pre = model(input_ids=torch.tensor([prompt[n_head:]], device=dev), past_key_values=head_cache, use_cache=True,
-                logits_to_keep=1)
+    pre, pre_cache = cached_forward(model, head_cache, input_ids=torch.tensor([prompt[n_head:]], device=dev),
+                                    use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(pre.logits[0, -1].float(), -1)  # predicts each target's first token
     if not _packable(model):
-        return _score_padded(policy, pre, first, len(prompt), targets, batch_size)
+        return _score_padded(policy, pre_cache, first, len(prompt), targets, batch_size)
     # The targets are packed into ONE row after the prompt's cache (no padding, no per-target copies of the cache)
     # with a block mask, so each target sees the prompt and its own earlier tokens only, and position ids that
     # restart after the prompt for every target: the maths of one forward per target (tested). SmolLM2 on one CPU
@@ -143,11 +143,11 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
         lens = [len(feeds[i]) for i in chunk]
         tok = torch.zeros(0, device=dev)
         if sum(lens):
-            cache = pre.past_key_values if k == len(chunks) - 1 else copy.deepcopy(pre.past_key_values)
+            cache = pre_cache if k == len(chunks) - 1 else copy.deepcopy(pre_cache)
             ids = torch.tensor([[x for i in chunk for x in feeds[i]]], device=dev)
             pos = torch.tensor([[n_pre + j for n in lens for j in range(n)]], device=dev)
-            logits = model(input_ids=ids, attention_mask=block_mask(lens, n_pre, dtype, dev), position_ids=pos,
-                           past_key_values=cache).logits[0]
+            logits = cached_forward(model, cache, input_ids=ids, attention_mask=block_mask(lens, n_pre, dtype, dev),
+                                    position_ids=pos)[0].logits[0]
             labels = torch.tensor([x for i in chunk for x in targets[i][1:]], device=dev)
             tok = token_logprobs(logits, labels)
         for i, part in zip(chunk, tok.split(lens)):
@@ -155,21 +155,22 @@ def _score_group(policy, prompt: list[int], targets: list[list[int]], batch_size
     return out
 
 
-def _score_padded(policy, pre, first, n_pre: int, targets: list[list[int]], batch_size: int) -> list[tuple[float, int]]:
+def _score_padded(policy, pre_cache, first, n_pre: int, targets: list[list[int]],
+                  batch_size: int) -> list[tuple[float, int]]:
     """The same with right-padded batches over copies of the prompt's cache (attention without 4D masks)."""
     model, dev, out = policy.model, policy.device, []
     for chunk in _chunks(targets, batch_size):
         labels, lmask = pad_ids(chunk, policy.pad_id, left=False)
         labels, lmask = labels.to(dev), lmask.to(dev)
         b, width = labels.shape
-        cache = copy.deepcopy(pre.past_key_values)
+        cache = copy.deepcopy(pre_cache)
         cache.batch_repeat_interleave(b)
         mask = torch.cat([torch.ones(b, n_pre, dtype=torch.long, device=dev), lmask], 1)
         pos = torch.arange(n_pre, n_pre + width, device=dev).expand(b, -1)  # right padding: real tokens contiguous
         tok_lp = first[labels[:, 0]].unsqueeze(1)
         if width > 1:
-            logits = model(input_ids=labels[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                           past_key_values=cache).logits
+            logits = cached_forward(model, cache, input_ids=labels[:, :-1], attention_mask=mask[:, :-1],
+                                    position_ids=pos[:, :-1])[0].logits
             tok_lp = torch.cat([tok_lp, token_logprobs(logits, labels[:, 1:])], 1)
         lp = torch.where(lmask.bool(), tok_lp, 0.0)
         out += list(zip(lp.sum(-1).tolist(), lmask.sum(-1).tolist()))
@@ -193,8 +194,8 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
             n = min([n] + [len(p) - 1 for p in prompts.values()])
             if n >= 8:
                 first = next(iter(prompts.values()))
-                head = (n, policy.model(input_ids=torch.tensor([first[:n]], device=policy.device),
-                                        use_cache=True, logits_to_keep=1).past_key_values)
+                head = (n, cached_forward(policy.model, input_ids=torch.tensor([first[:n]], device=policy.device),
+                                          use_cache=True, logits_to_keep=1)[1])
         for doc, idx in groups.items():
             scored = _score_group(policy, prompts[doc], [targets[i] for i in idx], batch_size, head)
             for i, (s, n) in zip(idx, scored):

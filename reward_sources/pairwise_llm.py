@@ -97,12 +97,12 @@ class SharedPrefixGenerator:
     @torch.inference_mode()
     def greedy(self, prefix: list[int], suffixes: list[list[int]], prefix_cache=None) -> tuple[list[str], object]:
         """Greedy answers to prefix + each suffix, and the prefix's KV cache (pass it back for the same prefix)."""
-        from pipeline.models import pad_ids
+        from pipeline.models import cached_forward, pad_ids
 
         model, dev, pad, eos = self.policy.model, self.policy.device, self.policy.pad_id, self.policy.eos_id
         if prefix_cache is None:
-            prefix_cache = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True,
-                                 logits_to_keep=1).past_key_values
+            prefix_cache = cached_forward(model, input_ids=torch.tensor([prefix], device=dev), use_cache=True,
+                                          logits_to_keep=1)[1]
         b, n_pre = len(suffixes), len(prefix)
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(b)
@@ -112,7 +112,7 @@ class SharedPrefixGenerator:
         ids, smask = ids.to(dev), smask.to(dev)
         mask = torch.cat([torch.ones(b, n_pre, dtype=torch.long, device=dev), smask], 1)
         pos = n_pre + (smask.cumsum(-1) - 1).clamp(min=0)
-        step = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, logits_to_keep=1)
+        step = cached_forward(model, cache, input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)[0]
         nxt, cur = step.logits[:, -1].argmax(-1), pos[:, -1]
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         new = []
@@ -123,8 +123,8 @@ class SharedPrefixGenerator:
             if done.all() or len(new) == self.max_new_tokens:
                 break
             mask, cur = torch.cat([mask, torch.ones(b, 1, dtype=torch.long, device=dev)], 1), cur + 1
-            step = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None],
-                         past_key_values=cache, logits_to_keep=1)
+            step = cached_forward(model, cache, input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None],
+                                  logits_to_keep=1)[0]
             nxt = step.logits[:, -1].argmax(-1)
         texts = self.tok.batch_decode(torch.stack(new, 1), skip_special_tokens=True)
         return [t.strip() for t in texts], prefix_cache
