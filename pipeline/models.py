@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -138,13 +139,18 @@ class GumbelSampler(LogitsProcessor):
         return logits + self.noise[:, step - block * self.CHUNK]
 
 
+@functools.cache
+def _cache_arg(model_class: type) -> str:
+    # once per class: cached_forward runs once per generated token in the pairwise judge's greedy loop
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 def cached_forward(model, cache=None, **inputs):
     """A causal LM's forward over a KV cache: (output, the cache after it). transformers 5.x renamed the forward's
     `past_key_values` to `cache` (the old name warns, and is removed in 5.40); whichever the installed model takes is
     used, so the scoring code works on either side of the rename."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     if cache is not None:
-        inputs[name] = cache
+        inputs[_cache_arg(type(model))] = cache
     out = model(**inputs)
     new = out.get("cache") if "cache" in out else out.get("past_key_values")
     return out, new

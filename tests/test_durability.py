@@ -12,8 +12,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -298,9 +301,6 @@ def _alive(pid: int) -> bool:
 def test_table_jobs_end_when_the_table_process_is_killed(tmp_path):
     """`pipeline table --jobs N` killed (SIGKILL, OOM) must not leave its job processes training on: they would
     hold their runs' locks, so the rerun that resumes the table would be refused."""
-    import signal
-    import sys
-    import time
     script = tmp_path / "parent.py"
     script.write_text(_TABLE_PARENT)
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=Path(__file__).resolve().parents[1])
