@@ -122,15 +122,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(out: Path, rows: list[dict], head: str) -> str:
-    """paired.csv, paired_per_seed.csv and paired.md under out; returns the markdown."""
+def write(out: Path, rows: list[dict], head: str, stem: str = "paired") -> str:
+    """<stem>.csv, <stem>_per_seed.csv and <stem>.md under out; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "paired.csv", rows)
-    write_csv(out / "paired_per_seed.csv", [dict(s, method=r["method"], baseline=r["baseline"],
-                                                 iteration=r["iteration"]) for r in rows for s in r["per_seed"]],
+    write_csv(out / f"{stem}.csv", rows)
+    write_csv(out / f"{stem}_per_seed.csv", [dict(s, method=r["method"], baseline=r["baseline"],
+                                                  iteration=r["iteration"]) for r in rows for s in r["per_seed"]],
               SEED_FIELDS)
     md = f"{head}\n\n{markdown(rows)}"
-    (out / "paired.md").write_text(md + "\n")
+    (out / f"{stem}.md").write_text(md + "\n")
     return md
 
 

@@ -160,6 +160,13 @@ class LabelStore:
         return self._label(judge, "pairwise", rows, a, b, iteration, seed,
                            lambda r, x, y: judge.compare(r, x, y, seed=seed))
 
+    def scalar_answers(self, iteration) -> list[tuple[str, str, float]]:
+        """(prompt id, response, answer) of every answered scalar query of one iteration, in the order asked: what
+        a run's pairs were formed from, for reading back after the run (eval/training_pairs.py)."""
+        q = ("SELECT prompt_id, response_a, answer FROM labels WHERE iteration = ? AND kind = 'scalar' "
+             "AND answer IS NOT NULL ORDER BY created, rowid")
+        return [(p, r, float(a)) for p, r, a in self.db.execute(q, (str(iteration),)).fetchall()]
+
     def spent(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT iteration, COUNT(*) FROM labels GROUP BY iteration").fetchall())
 

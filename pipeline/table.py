@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import paired, winrate, world_report
+from eval import paired, training_pairs, winrate, world_report
 from pipeline import distributed
 from pipeline.cli import RunFailed, check_names, run_command, table_methods
 from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_recipe
@@ -71,6 +71,8 @@ from pipeline.runner import (
 )
 from reward_sources.contracts import knows_utility
 
+# The starting checkpoint's reserved row label in the gain-over-SFT table (a method may not take it).
+SFT_ROW = "sft"
 TABLE_FIELDS = ["method_a", "method_b", "iteration", "mean_win_rate", "ci_low", "ci_high", "seeds", "ci_over",
                 "labels_a", "labels_b", "label_cost_a", "label_cost_b"]
 
@@ -81,10 +83,10 @@ def methods(recipe: Recipe) -> list[tuple[str, SelectorConfig]]:
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"table.methods labels repeat: {labels}")
-    bad = [label for label in labels if label.startswith(paired.AA_PREFIX) or "/" in label]
+    bad = [label for label in labels if label.startswith(paired.AA_PREFIX) or "/" in label or label == SFT_ROW]
     if bad:
-        raise ConfigError(f"table.methods labels may not contain '/' or start with '{paired.AA_PREFIX}' (the A/A "
-                          f"row's prefix): {bad}")
+        raise ConfigError(f"table.methods labels may not contain '/', start with '{paired.AA_PREFIX}' (the A/A "
+                          f"row's prefix) or be '{SFT_ROW}' (the starting checkpoint's row): {bad}")
     for pair in recipe.table.pairs:
         if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(labels):
             raise ConfigError(f"table.pairs entry {pair} must be [method, baseline], two different methods of the "
@@ -270,15 +272,46 @@ def sample_run(recipe: Recipe, label: str, seed: int, prompts: int, samples: int
             atomic_write_text(path, json.dumps({"key": key, "samples": resp}))
 
 
-def sample_all(recipe: Recipe, rows: list[dict], samples: int, jobs: int = 1) -> dict:
-    """(label, seed, iteration) -> `samples` responses per prompt of rows (a prefix of the test split)."""
+def _sft_cache(recipe: Recipe, seed: int, prompts: int, samples: int) -> Path:
+    return recipe.out / "table" / "sft_samples" / f"seed{seed}_p{prompts}_x{samples}.json"
+
+
+def _sft_key(recipe: Recipe, rows: list[dict], seed: int) -> dict:
+    return dict(_draw_key(recipe, rows, seed), checkpoint=str(build_recipe(recipe, seed).out / "sft"))
+
+
+def sample_sft(recipe: Recipe, seed: int, prompts: int, samples: int) -> None:
+    """Draw and cache the starting checkpoint of training seed `seed` (its build's SFT) on the test prompts with
+    that seed's sampling seed: the same random numbers as every checkpoint the seed's runs trained from it."""
+    rows = load_split(recipe.out / "data", "test")[:prompts]
+    b, path = build_recipe(recipe, seed), _sft_cache(recipe, seed, len(rows), samples)
+    if _cached(path, _sft_key(recipe, rows, seed)) is None:
+        policy = load_policy(policy_config(b, b.out / "sft" / "model"))
+        resp = winrate.sample_test(policy, rows, dataclasses.replace(recipe.eval, samples_per_prompt=samples),
+                                   recipe.online.gen_batch_size, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": _sft_key(recipe, rows, seed), "samples": resp}))
+
+
+def sample_all(recipe: Recipe, rows: list[dict], samples: int, jobs: int = 1, sft: bool = False) -> dict:
+    """(label, seed, iteration) -> `samples` responses per prompt of rows (a prefix of the test split); with sft,
+    also (SFT_ROW, seed, 0): the checkpoint each seed's runs started from."""
     keys = [(label, seed, t) for label, _ in all_methods(recipe) for seed in recipe.table.seeds
             for t in range(1, recipe.online.iterations + 1)]
-    get = lambda k: _cached(_cache(recipe, *k, len(rows), samples), _draw_key(recipe, rows, k[1]))
+    keys += [(SFT_ROW, seed, 0) for seed in recipe.table.seeds] if sft else []
+
+    def get(k):
+        label, seed, _ = k
+        if label == SFT_ROW:  # a reserved label: no method row has it
+            return _cached(_sft_cache(recipe, seed, len(rows), samples), _sft_key(recipe, rows, seed))
+        return _cached(_cache(recipe, *k, len(rows), samples), _draw_key(recipe, rows, seed))
+
     drawn = {k: get(k) for k in keys}
-    todo = list(dict.fromkeys((label, seed) for (label, seed, _), v in drawn.items() if v is None))
-    tasks = [(f"sampling {label} seed {seed}", sample_run, (recipe, label, seed, len(rows), samples))
-             for label, seed in todo]
+    missing = [k for k, v in drawn.items() if v is None]
+    tasks = [(f"sampling the SFT checkpoint of seed {seed}", sample_sft, (recipe, seed, len(rows), samples))
+             for label, seed, _ in missing if label == SFT_ROW]
+    tasks += [(f"sampling {label} seed {seed}", sample_run, (recipe, label, seed, len(rows), samples))
+              for label, seed in dict.fromkeys((label, seed) for label, seed, _ in missing if label != SFT_ROW)]
     execute(tasks, jobs, recipe.out)
     # only the caches just drawn are read again: the others were read above (large files, one per checkpoint)
     return {k: get(k) if v is None else v for k, v in drawn.items()}
@@ -436,8 +469,17 @@ def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out
     temperature = getattr(judge, "temperature", 0.0)  # none: a noiseless judge
     rows_out = paired.paired_rows(u, recipe.table.baseline, temperature, labels)
     extra = [r for method, base in recipe.table.pairs for r in paired.paired_rows(u, base, temperature, [method])]
-    md = paired.write(out, rows_out + extra, paired.header(judge.name, recipe.table.seeds, n, k, temperature))
+    head = paired.header(judge.name, recipe.table.seeds, n, k, temperature)
+    md = paired.write(out, rows_out + extra, head)
     paired.plot(rows_out, out / "paired.png", f"{recipe.name}: Δ exact utility vs {recipe.table.baseline}")
+    start = {s: v for (label, s, _), v in u.items() if label == SFT_ROW}
+    if start:  # how far each checkpoint moved from where its seed started: a method − baseline gap can hide both
+        iterations = range(1, recipe.online.iterations + 1)
+        u_start = {**u, **{(SFT_ROW, s, t): v for s, v in start.items() for t in iterations}}
+        gain = paired.paired_rows(u_start, SFT_ROW, temperature, labels)
+        paired.write(out, gain, f"Gain over the starting checkpoint ('{SFT_ROW}': the SFT checkpoint each training "
+                                f"seed's runs started from{', its own build' if recipe.table.vary_build else ''}), "
+                                f"sampled with the same seeds. {head}", stem="vs_sft")
     if "facts" in rows[0] and hasattr(judge, "weights"):  # what the utilities are made of, from the same samples
         md += "\n\n" + behaviour(recipe, judge, rows[:n], {key: [ys[:k] for ys in resp[:n]]
                                                               for key, resp in samples.items()}, out)
@@ -451,16 +493,36 @@ def behaviour(recipe: Recipe, judge, rows: list[dict], samples: dict, out: Path)
     lines = [f"What the samples state ({len(rows)} test prompts x {len(next(iter(samples.values()))[0])} samples, "
              f"mean over training seeds {recipe.table.seeds}):", "",
              "| method | iteration | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-    for label, _ in all_methods(recipe):
-        for t in range(1, recipe.online.iterations + 1):
-            tabs = [world_report.fact_table([r for r, ys in zip(rows, samples[(label, s, t)]) for _ in ys],
-                                            [y for ys in samples[(label, s, t)] for y in ys], judge.weights)
-                    for s in recipe.table.seeds]
-            lines.append(f"| {label} | {t} | " + " | ".join(f"{np.mean([x[c] for x in tabs]):.2f}" for c in cols)
-                         + " |")
+    start = [(SFT_ROW, 0)] if (SFT_ROW, recipe.table.seeds[0], 0) in samples else []
+    for label, t in start + [(label, t) for label, _ in all_methods(recipe)
+                             for t in range(1, recipe.online.iterations + 1)]:
+        tabs = [world_report.fact_table([r for r, ys in zip(rows, samples[(label, s, t)]) for _ in ys],
+                                        [y for ys in samples[(label, s, t)] for y in ys], judge.weights)
+                for s in recipe.table.seeds]
+        lines.append(f"| {label} | {t} | " + " | ".join(f"{np.mean([x[c] for x in tabs]):.2f}" for c in cols) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "behaviour.md", text)
     return text
+
+
+def pairs_report(recipe: Recipe, judge, out: Path) -> str:
+    """training_pairs.csv / .md: per (method, seed, iteration), the exact utility of the chosen and rejected
+    responses of the pairs the run trained on, read back from its label store (eval/training_pairs.py)."""
+    by_id = {r["id"]: r for r in load_split(recipe.out / "data", "train")}  # the online prompts' split
+    rows = []
+    for label, _ in all_methods(recipe):
+        for seed in recipe.table.seeds:
+            store = LabelStore(run_dir(recipe, label, seed) / "labels.sqlite")
+            try:
+                rows += [dict(method=label, seed=seed, iteration=t,
+                              **training_pairs.pair_stats(store.scalar_answers(t), by_id, judge.utility))
+                         for t in range(1, recipe.online.iterations + 1)]
+            finally:
+                store.close()
+    return training_pairs.write(out, rows, f"What each run trained on, under {judge.name}: per pair (the judge's "
+                                           "highest- and lowest-scored labelled response of a prompt), the mean "
+                                           "exact utility of the chosen and the rejected response, their gap, and "
+                                           "the shares of pairs whose chosen response is truly worse or equal.")
 
 
 def headline_baseline(recipe: Recipe) -> None:
@@ -502,10 +564,12 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     n_draw, k_draw = ((max(tc.n_prompts, tc.utility_prompts), max(recipe.eval.samples_per_prompt, tc.utility_samples))
                       if exact else (tc.n_prompts, recipe.eval.samples_per_prompt))
     drawn_rows = load_split(recipe.out / "data", "test")[:n_draw]
-    drawn = sample_all(recipe, drawn_rows, k_draw, jobs)
+    drawn = sample_all(recipe, drawn_rows, k_draw, jobs, sft=exact)
     out = recipe.out / "table"
     out.mkdir(parents=True, exist_ok=True)
     headline = utility_headline(recipe, eval_judge, drawn_rows, drawn, out) if exact else None
+    if exact:
+        headline += "\n\n" + pairs_report(recipe, eval_judge, out)
     test_rows = drawn_rows[: tc.n_prompts]
     per = recipe.eval.samples_per_prompt
     samples = {key: [ys[:per] for ys in resp[: tc.n_prompts]] for key, resp in drawn.items()}

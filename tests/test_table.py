@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -9,13 +10,21 @@ from conftest import TINY_OVERRIDES
 from eval.paired import paired_interval
 from pipeline.cli import RunFailed
 from pipeline.config import ConfigError, load_recipe
+from eval.winrate import sample_test
 from pipeline.data import load_split
+from pipeline.models import load_policy
+from pipeline.runner import policy_config
 from pipeline.table import make_table, methods, pairings, run_dir, runs, sample_all, train_all
 
 
 def test_win_rate_interval_over_seeds():
     m, lo, hi = paired_interval([0.4, 0.5, 0.6])
     assert m == 0.5 and abs((hi - m) - 4.302653 * 0.1 / 3 ** 0.5) < 1e-6 and abs((m - lo) - (hi - m)) < 1e-12
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _metrics(recipe, method, seed, t):
@@ -62,7 +71,28 @@ def test_tiny_table_end_to_end(tmp_path):
         assert len(list(csv.DictReader(fh))) == len(paired) * 2
     # what the samples state: one row per (method, iteration)
     behaviour = (out / "behaviour.md").read_text().splitlines()
-    assert sum(line.startswith("| tpo | ") for line in behaviour) == 2 and len(behaviour) == 4 + 4 * 2
+    assert sum(line.startswith("| tpo | ") for line in behaviour) == 2 and len(behaviour) == 4 + 1 + 4 * 2
+    assert behaviour[4].startswith("| sft | 0 | ")
+    # how far each checkpoint moved from the SFT checkpoint its seed started from, on the same draw: the
+    # headline's per-seed difference is exactly the difference of the two gains
+    gain = _csv(out / "vs_sft.csv")
+    assert [(r["method"], r["baseline"], r["iteration"]) for r in gain] == [
+        (m, "sft", str(t)) for m in ("tpo", "no_transfer", "exploit:rouge", "aa:no_transfer") for t in (1, 2)]
+    per = {(r["method"], r["seed"], r["iteration"]): float(r["diff"]) for r in _csv(out / "vs_sft_per_seed.csv")}
+    for r in _csv(out / "paired_per_seed.csv"):
+        assert float(r["diff"]) == pytest.approx(per[(r["method"], r["seed"], r["iteration"])]
+                                                 - per[("no_transfer", r["seed"], r["iteration"])])
+    # the SFT draw is the SFT checkpoint sampled with the seed's own sampling seed: common random numbers
+    sft = load_policy(policy_config(recipe, tmp_path / "sft" / "model"))
+    cached = json.loads((out / "sft_samples" / "seed1_p7_x2.json").read_text())["samples"]
+    assert cached == sample_test(sft, load_split(tmp_path / "data", "test")[:7],
+                                 dataclasses.replace(recipe.eval, samples_per_prompt=2), recipe.online.gen_batch_size, 1)
+    # what each run trained on, read back from its label store: as many pairs as the run formed
+    pairs = _csv(out / "training_pairs.csv")
+    assert len(pairs) == 4 * 2 * 2 and "| tpo | 0 | 1 |" in (out / "training_pairs.md").read_text()
+    for r in pairs:
+        if r["iteration"] == "1":  # later iterations may meet a response labelled before (stored once)
+            assert int(r["pairs"]) == _metrics(recipe, r["method"], int(r["seed"]), 1)["pairs"] > 0
     # the A/A run is the baseline's selector with other training seeds: another run, not a copy
     assert _metrics(recipe, "aa:no_transfer", 0, 1)["arms"] == _metrics(recipe, "no_transfer", 0, 1)["arms"]
     assert _metrics(recipe, "aa:no_transfer", 0, 1) != _metrics(recipe, "no_transfer", 0, 1)
@@ -180,6 +210,8 @@ def test_table_method_errors_fail_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match=r"table.vary_build offsets sft.seed by up to 2, past 4294967295"):
         make_table(load_recipe(None, [f"run_dir={tmp_path}", *TINY, "table.seeds=[0, 2]", "table.vary_build=true",
                                       "sft.seed=4294967294"]))
+    with pytest.raises(ConfigError, match="or be 'sft' \\(the starting checkpoint's row\\)"):
+        methods(load_recipe(None, [f"run_dir={tmp_path}", *TINY, STAGES.replace("label: dual", "label: sft")]))
     assert not (tmp_path / "data").exists()
 
 
