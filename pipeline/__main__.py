@@ -1,5 +1,6 @@
 """CLI: python -m pipeline run RECIPE [--stage data|sft|sources|online|eval] [--force] [key.sub=value ...]
        python -m pipeline table RECIPE [--jobs N] [--force] [key.sub=value ...]   (make table)
+       python -m pipeline replay RECIPE --pairs METHOD:SEED --start S   (a table run's pairs on another build)
        python -m pipeline help      (every config key and selector option with its help string and range)"""
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.table import main as table_main  # defers torch, transformers and the selectors
 
         return table_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        from pipeline.replay import main as replay_main
+
+        return replay_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="transfer-RLHF pipeline")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run a recipe's stages (finished stages are skipped)")
@@ -24,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="accept a recipe that changed since the run started")
     run.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     sub.add_parser("table", help="TPO against its baselines over training seeds (python -m pipeline table -h)")
+    sub.add_parser("replay", help="train one build's SFT checkpoint on a table run's pairs "
+                                  "(python -m pipeline replay -h)")
     sub.add_parser("help", help="list every config key and selector option with its help string")
     # Overrides may come before or after --stage/--force, so collect them from what argparse leaves over.
     args, extra = parser.parse_known_args(argv)

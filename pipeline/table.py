@@ -25,11 +25,15 @@ over seeds; with a single seed the interval is over test prompts instead (percen
 says so. Each row states the judge labels (and label cost) each method spent in that iteration, so a
 comparison is read at equal label budget, and table.md ends with each method's measured costs per iteration.
 
-Writes runs/<name>/table/: paired.csv, paired.md, paired.png (exact-utility judges), table.csv, table.md,
-winrate.png, arms_iter<t>.png (arms_<method>_iter<t>.png with versus), and per run
+Diagnostics beside the headline (exact-utility judges): vs_sft.* (every checkpoint's paired gain over the SFT
+checkpoint its seed started from, on the same random numbers) and training_pairs.* (the exact utility of the pairs
+each run trained on, read back from its label store).
+
+Writes runs/<name>/table/: paired.csv, paired.md, paired.png, vs_sft.*, training_pairs.* (exact-utility judges),
+table.csv, table.md, winrate.png, arms_iter<t>.png (arms_<method>_iter<t>.png with versus), and per run
 runs/<name>/methods/<method>/seed<s>/ (checkpoints, labels.sqlite, arms.csv, cached test samples).
 
-Longer than most modules (~490 lines): the experiment driver, from training every (method, seed) run in worker
+Longer than most modules (~600 lines): the experiment driver, from training every (method, seed) run in worker
 processes to sampling each checkpoint once and writing both tables. Data, SFT and sources come from the
 runner; each (method, seed) run resumes through the online stage's own per-iteration DONE markers.
 """
@@ -477,9 +481,9 @@ def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out
         iterations = range(1, recipe.online.iterations + 1)
         u_start = {**u, **{(SFT_ROW, s, t): v for s, v in start.items() for t in iterations}}
         gain = paired.paired_rows(u_start, SFT_ROW, temperature, labels)
-        paired.write(out, gain, f"Gain over the starting checkpoint ('{SFT_ROW}': the SFT checkpoint each training "
-                                f"seed's runs started from{', its own build' if recipe.table.vary_build else ''}), "
-                                f"sampled with the same seeds. {head}", stem="vs_sft")
+        what = (f"Gain over the starting checkpoint ('{SFT_ROW}': the SFT checkpoint each training seed's runs "
+                f"started from{', its own build' if recipe.table.vary_build else ''}), sampled with the same seeds.")
+        md += "\n\n" + paired.write(out, gain, f"{what} {head}", stem="vs_sft")
     if "facts" in rows[0] and hasattr(judge, "weights"):  # what the utilities are made of, from the same samples
         md += "\n\n" + behaviour(recipe, judge, rows[:n], {key: [ys[:k] for ys in resp[:n]]
                                                               for key, resp in samples.items()}, out)

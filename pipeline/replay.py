@@ -1,0 +1,178 @@
+"""`python -m pipeline replay RECIPE --pairs METHOD:SEED --start S`: train build S's SFT checkpoint on the pairs
+one table run formed in its first iteration, and measure the gain over that SFT checkpoint.
+
+Why: when the same method gives very different results on two builds, either its pairs differed or the two
+policies responded differently to alike pairs. Crossing them (the pairs of build a's run on build b's policy and
+the reverse) tells which. The update is the online loop's own (pipeline.online.update, with the reference
+log-probabilities of the starting checkpoint) with the pairs' run's update seed, so replaying a run on its own
+build reproduces that run's checkpoint; the command checks it and says so. Pairs are read back from the run's
+label store as eval/training_pairs.py reads them (the judge's highest and lowest answer per prompt, in the order
+the loop formed them).
+
+Iteration 1 only: a later iteration starts from the run's previous checkpoint, which has no counterpart on another
+build. Not for XPO, whose extra sample of the reference policy is not stored.
+
+Writes runs/<name>/replay/<method>_seed<p>_on_build<s>/ (model, metrics.json, DONE) and appends one line per
+replay to runs/<name>/replay/replay.csv: pairs, utility of the replayed checkpoint and of the starting SFT
+checkpoint on the table's draw (table.utility_prompts x table.utility_samples, sampling seed S), the gain.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from eval import winrate
+from eval.training_pairs import chosen_rejected
+from pipeline.cli import check_names, run_command
+from pipeline.config import ConfigError, Recipe, load_recipe
+from pipeline.durable import atomic_write_text
+from pipeline.labels import LabelStore
+from pipeline.models import load_policy
+from pipeline.online import Pair, reference_logprobs, update
+from pipeline.runner import build_judge, configure_threads, load_split, policy_config
+from pipeline.table import (
+    SFT_ROW,
+    _cache,
+    _cached,
+    _draw_key,
+    _sft_cache,
+    _sft_key,
+    build_recipe,
+    methods,
+    run_dir,
+    runs,
+    sample_all,
+)
+from reward_sources.contracts import knows_utility
+
+FIELDS = ["method", "pairs_seed", "start_build", "pairs", "utility", "sft_utility", "gain", "reproduces_run"]
+
+
+def _training_seed(recipe: Recipe, method: str, seed: int) -> int:
+    for label, _, s, training_seed in runs(recipe):
+        if (label, s) == (method, seed):
+            return training_seed
+    raise ConfigError(f"--pairs {method}:{seed}: no such run in the table (methods "
+                      f"{', '.join(dict.fromkeys(label for label, *_ in runs(recipe)))}; seeds {recipe.table.seeds})")
+
+
+def check(recipe: Recipe, method: str, pairs_seed: int, start: int) -> None:
+    """Every refusal in one line, before any model is loaded."""
+    _training_seed(recipe, method, pairs_seed)
+    if start not in recipe.table.seeds:
+        raise ConfigError(f"--start {start} is not one of table.seeds {recipe.table.seeds}")
+    if recipe.online.loss == "xpo":
+        raise ConfigError("replay cannot rerun XPO: its extra sample of the reference policy is not stored")
+    if not knows_utility(build_judge(recipe, recipe.eval.judge)):
+        raise ConfigError("replay reports the exact utility: the eval judge must know it (the synthetic oracle)")
+    src = run_dir(recipe, method, pairs_seed) / "online" / "iter_1"
+    if not (src / "DONE").exists():
+        raise ConfigError(f"'{src}' is not finished: run the table first")
+    sft = build_recipe(recipe, start).out / "sft" / "DONE"
+    if not sft.exists():
+        raise ConfigError(f"'{sft.parent}' is not finished: run the table first")
+
+
+def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
+    """Train build `start`'s SFT checkpoint on the iteration-1 pairs of run (method, pairs_seed); one result row."""
+    check(recipe, method, pairs_seed, start)
+    out = recipe.out / "replay" / f"{method}_seed{pairs_seed}_on_build{start}"
+    b = build_recipe(recipe, start)
+    start_cfg = policy_config(b, b.out / "sft" / "model")
+    train = load_split(recipe.out / "data", "train")
+    if not (out / "DONE").exists():
+        by_id = {r["id"]: r for r in train}
+        store = LabelStore(run_dir(recipe, method, pairs_seed) / "labels.sqlite")
+        try:
+            found = chosen_rejected(store.scalar_answers(1))
+        finally:
+            store.close()
+        # explore is XPO's untransferred sample, refused above: DPO and IPO never read it
+        pairs = [Pair(by_id[pid], chosen, rejected, "") for pid, chosen, rejected in found]
+        cfg = dataclasses.replace(recipe.online, seed=_training_seed(recipe, method, pairs_seed))
+        policy = load_policy(start_cfg)
+        ref = reference_logprobs(policy, pairs, cfg, start_cfg if cfg.reference == "initial" else None)
+        stats = update(policy, pairs, ref, cfg, seed=cfg.seed * 1000 + 1,
+                       anchor_rows=train if cfg.sft_anchor else None)
+        policy.save(out / "model")
+        atomic_write_text(out / "metrics.json", json.dumps(dict(stats, pairs=len(pairs)), indent=2))
+        atomic_write_text(out / "DONE", "")
+    tc = recipe.table
+    rows = load_split(recipe.out / "data", "test")[: max(tc.n_prompts, tc.utility_prompts)]
+    k = max(recipe.eval.samples_per_prompt, tc.utility_samples)
+    n = min(tc.utility_prompts, len(rows))
+    judge = build_judge(recipe, recipe.eval.judge)
+    mine = out / f"test_samples_p{len(rows)}_x{k}.json"
+    drawn = _cached(mine, _draw_key(recipe, rows, start))
+    if drawn is None:
+        ev = dataclasses.replace(recipe.eval, samples_per_prompt=k)
+        drawn = winrate.sample_test(load_policy(policy_config(b, out / "model")), rows, ev,
+                                    recipe.online.gen_batch_size, start)
+        atomic_write_text(mine, json.dumps({"key": _draw_key(recipe, rows, start), "samples": drawn}))
+    sft = _cached(_sft_cache(recipe, start, len(rows), k), _sft_key(recipe, rows, start))
+    if sft is None:
+        sft = sample_all(recipe, rows, k, sft=True)[(SFT_ROW, start, 0)]
+
+    def mean_utility(samples):
+        flat = [y for ys in samples[:n] for y in ys[: tc.utility_samples]]
+        return float(np.mean(judge.utility([r for r in rows[:n] for _ in range(tc.utility_samples)], flat)))
+
+    u, u_sft = mean_utility(drawn), mean_utility(sft)
+    same = ""
+    if start == pairs_seed:  # the run itself, replayed: the same checkpoint, so the same samples
+        own = _cached(_cache(recipe, method, pairs_seed, 1, len(rows), k), _draw_key(recipe, rows, start))
+        same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
+    row = dict(method=method, pairs_seed=pairs_seed, start_build=start, pairs=json.loads(
+        (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same)
+    _append(recipe.out / "replay" / "replay.csv", row)
+    return row
+
+
+def _append(path: Path, row: dict) -> None:
+    """replay.csv with this row replacing an earlier replay of the same (method, pairs seed, build)."""
+    key = lambda r: (str(r["method"]), str(r["pairs_seed"]), str(r["start_build"]))
+    old = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            old = [r for r in csv.DictReader(fh) if key(r) != key(row)]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(old + [row])
+    atomic_write_text(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline replay", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="the table's recipe (its runs must be finished)")
+    parser.add_argument("--pairs", required=True, metavar="METHOD:SEED",
+                        help="the table run whose iteration-1 pairs are replayed, e.g. tpo:0")
+    parser.add_argument("--start", required=True, type=int, metavar="S",
+                        help="the training seed whose build's SFT checkpoint is trained on them")
+    args, overrides = parser.parse_known_args(argv)
+    configure_threads()
+
+    def body():
+        method, _, seed = args.pairs.rpartition(":")
+        if not method or not seed.lstrip("-").isdigit():
+            raise ConfigError(f"--pairs must be METHOD:SEED, e.g. tpo:0, got '{args.pairs}'")
+        recipe = load_recipe(args.recipe, overrides)
+        check_names(recipe, table=True)
+        methods(recipe)
+        r = replay(recipe, method, int(seed), args.start)
+        print(f"{method} seed {seed}'s {r['pairs']} pairs on build {args.start}: utility {r['utility']:+.3f}, SFT "
+              f"{r['sft_utility']:+.3f}, gain {r['gain']:+.3f}" + (f"; reproduces the run: {r['reproduces_run']}"
+                                                                    if r["reproduces_run"] else ""))
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+import csv
+
+import pytest
+from conftest import TINY_OVERRIDES
+
+from pipeline.config import ConfigError, load_recipe
+from pipeline.replay import main as replay_main
+from pipeline.replay import replay
+from pipeline.table import build_recipe, make_table, run_dir
+
+TINY = [*TINY_OVERRIDES, "online.sources=[{name: rouge}]", "online.n_pool=3", "online.replace_num=1",
+        "online.max_new_tokens=6", "eval.max_new_tokens=6", "table.seeds=[0, 1]", "table.n_prompts=6",
+        "table.utility_prompts=6", "table.utility_samples=2", "table.vary_build=true",
+        "table.methods=[{label: no_transfer, selector: {name: none}}, {label: tpo, selector: {name: ucb, "
+        "params: {block_size: 2}}}]"]
+
+
+def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, capsys):
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY])
+    make_table(recipe)
+    weights = lambda d: (d / "model" / "model.safetensors").read_bytes()
+    run = run_dir(recipe, "tpo", 0) / "online" / "iter_1"
+
+    # the run's own pairs on its own build: the loop's update, so the run's checkpoint to the byte
+    own = replay(recipe, "tpo", 0, 0)
+    assert own["reproduces_run"] == "yes"
+    assert weights(tmp_path / "replay" / "tpo_seed0_on_build0") == weights(run)
+    # on the other build: the same pairs, another starting checkpoint
+    crossed = replay(recipe, "tpo", 0, 1)
+    assert crossed["pairs"] == own["pairs"] > 0 and crossed["reproduces_run"] == ""
+    assert weights(tmp_path / "replay" / "tpo_seed0_on_build1") not in (weights(run), weights(build_recipe(
+        recipe, 1).out / "sft"))
+    assert crossed["gain"] == pytest.approx(crossed["utility"] - crossed["sft_utility"])
+    # the gain is measured against the starting build's SFT on the table's draw: the table's own number
+    with open(tmp_path / "table" / "vs_sft_per_seed.csv", newline="") as fh:
+        sft_u = {r["seed"]: float(r["baseline_utility"]) for r in csv.DictReader(fh)}
+    assert (own["sft_utility"], crossed["sft_utility"]) == (pytest.approx(sft_u["0"]), pytest.approx(sft_u["1"]))
+
+    # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build)
+    assert replay_main([str(tmp_path / "config.yaml"), "--pairs", "tpo:0", "--start", "1"]) == 0
+    assert "tpo seed 0's" in capsys.readouterr().out
+    with open(tmp_path / "replay" / "replay.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["start_build"]) for r in rows] == [("tpo", "0"), ("tpo", "1")]
+
+    for argv, msg in ((["--pairs", "tpo", "--start", "1"], "--pairs must be METHOD:SEED"),
+                      (["--pairs", "ucb:0", "--start", "1"], "no such run in the table"),
+                      (["--pairs", "tpo:0", "--start", "7"], "--start 7 is not one of table.seeds"),
+                      (["--pairs", "tpo:0", "--start", "1", "online.loss=xpo"], "cannot rerun XPO")):
+        assert replay_main([str(tmp_path / "config.yaml"), *argv]) != 0
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_replay_refuses_an_unfinished_run_before_any_work(tmp_path):
+    recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY])
+    with pytest.raises(ConfigError, match="is not finished: run the table first"):
+        replay(recipe, "tpo", 0, 1)
