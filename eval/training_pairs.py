@@ -9,8 +9,8 @@ numbers do not show lies in how each policy responded to its pairs, not in the p
 
 Limits: a response labelled in an earlier iteration is stored under that iteration only (the store asks each query
 once), so from iteration 2 on a prompt can show fewer responses than were compared; and a tie for the highest
-answer is broken here by the order of asking, there by the run's random generator (continuous judge scores make
-such ties rare; none of the table's oracle runs has one).
+answer among three or more responses is broken here by the order of asking, there by the run's random generator
+(with K = 2, as in the label-scarce tables, such a tie is a tie of the whole prompt, which neither keeps).
 
 numpy and the judge's `utility` only, so the statistics are testable on planted answers.
 """
