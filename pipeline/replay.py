@@ -38,7 +38,6 @@ from pipeline.models import load_policy
 from pipeline.online import Pair, reference_logprobs, update
 from pipeline.runner import build_judge, configure_threads, load_split, policy_config
 from pipeline.table import (
-    SFT_ROW,
     _cache,
     _cached,
     _draw_key,
@@ -48,7 +47,7 @@ from pipeline.table import (
     methods,
     run_dir,
     runs,
-    sample_all,
+    sample_sft,
 )
 from reward_sources.contracts import knows_utility
 
@@ -116,9 +115,8 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
         drawn = winrate.sample_test(load_policy(policy_config(b, out / "model")), rows, ev,
                                     recipe.online.gen_batch_size, start)
         atomic_write_text(mine, json.dumps({"key": _draw_key(recipe, rows, start), "samples": drawn}))
+    sample_sft(recipe, start, len(rows), k)  # the table's own draw when it made one
     sft = _cached(_sft_cache(recipe, start, len(rows), k), _sft_key(recipe, rows, start))
-    if sft is None:
-        sft = sample_all(recipe, rows, k, sft=True)[(SFT_ROW, start, 0)]
 
     def mean_utility(samples):
         flat = [y for ys in samples[:n] for y in ys[: tc.utility_samples]]

@@ -281,7 +281,9 @@ def _sft_cache(recipe: Recipe, seed: int, prompts: int, samples: int) -> Path:
 
 
 def _sft_key(recipe: Recipe, rows: list[dict], seed: int) -> dict:
-    return dict(_draw_key(recipe, rows, seed), checkpoint=str(build_recipe(recipe, seed).out / "sft"))
+    # the checkpoint relative to the run folder: the cache stays valid however the folder is addressed
+    where = build_recipe(recipe, seed).out.relative_to(recipe.out) / "sft"
+    return dict(_draw_key(recipe, rows, seed), checkpoint=where.as_posix())
 
 
 def sample_sft(recipe: Recipe, seed: int, prompts: int, samples: int) -> None:

@@ -15,7 +15,7 @@ TINY = [*TINY_OVERRIDES, "online.sources=[{name: rouge}]", "online.n_pool=3", "o
         "params: {block_size: 2}}}]"]
 
 
-def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, capsys):
+def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, capsys, monkeypatch):
     recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY])
     make_table(recipe)
     weights = lambda d: (d / "model" / "model.safetensors").read_bytes()
@@ -36,8 +36,14 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
         sft_u = {r["seed"]: float(r["baseline_utility"]) for r in csv.DictReader(fh)}
     assert (own["sft_utility"], crossed["sft_utility"]) == (pytest.approx(sft_u["0"]), pytest.approx(sft_u["1"]))
 
-    # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build)
-    assert replay_main([str(tmp_path / "config.yaml"), "--pairs", "tpo:0", "--start", "1"]) == 0
+    # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build); the run folder addressed
+    # by a relative path reuses the SFT draws cached under the absolute one
+    cached = sorted((tmp_path / "table" / "sft_samples").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    monkeypatch.chdir(tmp_path.parent)
+    assert replay_main([str(tmp_path / "config.yaml"), "--pairs", "tpo:0", "--start", "1",
+                        f"run_dir={tmp_path.name}"]) == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamps and len(cached) == 2
     assert "tpo seed 0's" in capsys.readouterr().out
     with open(tmp_path / "replay" / "replay.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
