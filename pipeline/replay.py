@@ -12,8 +12,11 @@ the loop formed them).
 Iteration 1 only: a later iteration starts from the run's previous checkpoint, which has no counterpart on another
 build. Not for XPO, whose extra sample of the reference policy is not stored.
 
-Writes runs/<name>/replay/<method>_seed<p>_on_build<s>/ (model, metrics.json, DONE) and appends one line per
-replay to runs/<name>/replay/replay.csv: pairs, utility of the replayed checkpoint and of the starting SFT
+Overrides of the update's own settings (online.lr=3e-4, online.epochs=1, ...: UPDATE_KEYS) replay the same pairs on
+the same policy under another update; they name the folder and the row, so they never read another's results.
+
+Writes runs/<name>/replay/<method>_seed<p>_on_build<s>[_<changed settings>]/ (model, metrics.json, DONE) and one
+line per replay in runs/<name>/replay/replay.csv: pairs, utility of the replayed checkpoint and of the starting SFT
 checkpoint on the table's draw (table.utility_prompts x table.utility_samples, sampling seed S), the gain.
 """
 from __future__ import annotations
@@ -27,11 +30,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from eval import winrate
 from eval.training_pairs import chosen_rejected
 from pipeline.cli import check_names, run_command
-from pipeline.config import ConfigError, Recipe, load_recipe
+from pipeline.config import ConfigError, Recipe, load_recipe, to_dict
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.models import load_policy
@@ -51,7 +55,20 @@ from pipeline.table import (
 )
 from reward_sources.contracts import knows_utility
 
-FIELDS = ["method", "pairs_seed", "start_build", "pairs", "utility", "sft_utility", "gain", "reproduces_run"]
+FIELDS = ["method", "pairs_seed", "start_build", "update", "pairs", "utility", "sft_utility", "gain",
+          "reproduces_run"]
+# What the update reads (pipeline.online.update, reference_logprobs): a replay may change these, e.g. online.lr=3e-4,
+# to ask how the same pairs train the same policy under another update; the rest of online made the pairs.
+UPDATE_KEYS = ("loss", "beta", "xpo_alpha", "nll_alpha", "sft_anchor", "reference", "lr", "warmup", "epochs",
+               "batch_size", "max_grad_norm")
+
+
+def changed_update(recipe: Recipe) -> str:
+    """The update settings that differ from the run that made the pairs ('' when none), e.g. 'lr=0.0003': part of
+    the replay's folder name and its row, so replays under other settings never read each other's results."""
+    saved = (yaml.safe_load((recipe.out / "config.yaml").read_text()) or {}).get("online", {})
+    now = to_dict(recipe)["online"]
+    return ",".join(f"{k}={now[k]}" for k in UPDATE_KEYS if k in saved and saved[k] != now[k])
 
 
 def _training_seed(recipe: Recipe, method: str, seed: int) -> int:
@@ -82,7 +99,8 @@ def check(recipe: Recipe, method: str, pairs_seed: int, start: int) -> None:
 def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     """Train build `start`'s SFT checkpoint on the iteration-1 pairs of run (method, pairs_seed); one result row."""
     check(recipe, method, pairs_seed, start)
-    out = recipe.out / "replay" / f"{method}_seed{pairs_seed}_on_build{start}"
+    what = changed_update(recipe)
+    out = recipe.out / "replay" / (f"{method}_seed{pairs_seed}_on_build{start}" + (f"_{what}" if what else ""))
     b = build_recipe(recipe, start)
     start_cfg = policy_config(b, b.out / "sft" / "model")
     train = load_split(recipe.out / "data", "train")
@@ -124,10 +142,10 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
 
     u, u_sft = mean_utility(drawn), mean_utility(sft)
     same = ""
-    if start == pairs_seed:  # the run itself, replayed: the same checkpoint, so the same samples
+    if start == pairs_seed and not what:  # the run itself, replayed: the same checkpoint, so the same samples
         own = _cached(_cache(recipe, method, pairs_seed, 1, len(rows), k), _draw_key(recipe, rows, start))
         same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
-    row = dict(method=method, pairs_seed=pairs_seed, start_build=start, pairs=json.loads(
+    row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=json.loads(
         (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same)
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
@@ -135,7 +153,7 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
 
 def _append(path: Path, row: dict) -> None:
     """replay.csv with this row replacing an earlier replay of the same (method, pairs seed, build)."""
-    key = lambda r: (str(r["method"]), str(r["pairs_seed"]), str(r["start_build"]))
+    key = lambda r: (str(r["method"]), str(r["pairs_seed"]), str(r["start_build"]), str(r.get("update") or ""))
     old = []
     if path.exists():
         with open(path, newline="") as fh:
@@ -165,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         check_names(recipe, table=True)
         methods(recipe)
         r = replay(recipe, method, int(seed), args.start)
-        print(f"{method} seed {seed}'s {r['pairs']} pairs on build {args.start}: utility {r['utility']:+.3f}, SFT "
+        how = f" ({r['update']})" if r["update"] else ""
+        print(f"{method} seed {seed}'s {r['pairs']} pairs on build {args.start}{how}: utility {r['utility']:+.3f}, SFT "
               f"{r['sft_utility']:+.3f}, gain {r['gain']:+.3f}" + (f"; reproduces the run: {r['reproduces_run']}"
                                                                     if r["reproduces_run"] else ""))
 

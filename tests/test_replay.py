@@ -48,6 +48,11 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     with open(tmp_path / "replay" / "replay.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["method"], r["start_build"]) for r in rows] == [("tpo", "0"), ("tpo", "1")]
+    # another update on the same pairs and policy: its own folder and row, never the replay above
+    slow = replay(load_recipe(tmp_path / "config.yaml", ["online.lr=1e-6"]), "tpo", 0, 0)
+    assert slow["update"] == "lr=1e-06" and slow["reproduces_run"] == "" and slow["pairs"] == own["pairs"]
+    assert weights(tmp_path / "replay" / "tpo_seed0_on_build0_lr=1e-06") != weights(run)
+    capsys.readouterr()
 
     for argv, msg in ((["--pairs", "tpo", "--start", "1"], "--pairs must be METHOD:SEED"),
                       (["--pairs", "ucb:0", "--start", "1"], "no such run in the table"),
