@@ -8,9 +8,9 @@ import pytest
 from conftest import TINY_OVERRIDES
 
 from eval.paired import paired_interval
+from eval.winrate import sample_test
 from pipeline.cli import RunFailed
 from pipeline.config import ConfigError, load_recipe
-from eval.winrate import sample_test
 from pipeline.data import load_split
 from pipeline.models import load_policy
 from pipeline.runner import policy_config
@@ -85,8 +85,8 @@ def test_tiny_table_end_to_end(tmp_path):
     # the SFT draw is the SFT checkpoint sampled with the seed's own sampling seed: common random numbers
     sft = load_policy(policy_config(recipe, tmp_path / "sft" / "model"))
     cached = json.loads((out / "sft_samples" / "seed1_p7_x2.json").read_text())["samples"]
-    assert cached == sample_test(sft, load_split(tmp_path / "data", "test")[:7],
-                                 dataclasses.replace(recipe.eval, samples_per_prompt=2), recipe.online.gen_batch_size, 1)
+    ev = dataclasses.replace(recipe.eval, samples_per_prompt=2)
+    assert cached == sample_test(sft, load_split(tmp_path / "data", "test")[:7], ev, recipe.online.gen_batch_size, 1)
     # what each run trained on, read back from its label store: as many pairs as the run formed
     pairs = _csv(out / "training_pairs.csv")
     assert len(pairs) == 4 * 2 * 2 and "| tpo | 0 | 1 |" in (out / "training_pairs.md").read_text()
