@@ -17,7 +17,9 @@ the same policy under another update; they name the folder and the row, so they 
 
 Writes runs/<name>/replay/<method>_seed<p>_on_build<s>[_<changed settings>]/ (model, metrics.json, DONE) and one
 line per replay in runs/<name>/replay/replay.csv: pairs, utility of the replayed checkpoint and of the starting SFT
-checkpoint on the table's draw (table.utility_prompts x table.utility_samples, sampling seed S), the gain.
+checkpoint on the table's draw (table.utility_prompts x table.utility_samples, sampling seed S), the gain; in the
+synthetic world also what that gain is made of (BEHAVIOUR below): how far the replay moved each fact rate, invented
+names and length from its SFT's, beside how far the pairs' chosen responses differ from their rejected ones.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import yaml
 
 from eval import winrate
 from eval.training_pairs import chosen_rejected
+from eval.world_report import fact_table
 from pipeline.cli import check_names, run_command
 from pipeline.config import ConfigError, Recipe, load_recipe, to_dict
 from pipeline.durable import atomic_write_text
@@ -55,8 +58,12 @@ from pipeline.table import (
 )
 from reward_sources.contracts import knows_utility
 
+# What the samples state (eval.world_report.fact_table, the table's behaviour.md columns), in the synthetic world:
+# d_<c> is the replayed checkpoint's rate minus its starting SFT's on the same draw (what the update changed),
+# taught_<c> the pairs' chosen minus rejected responses (what the pairs ask it to change): the gain split into parts.
+BEHAVIOUR = ("person", "place", "number", "rival_fact", "invented_per_summary", "words")
 FIELDS = ["method", "pairs_seed", "start_build", "update", "pairs", "utility", "sft_utility", "gain",
-          "reproduces_run"]
+          "reproduces_run", *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR)]
 # What the update reads (pipeline.online.update, reference_logprobs): a replay may change these, e.g. online.lr=3e-4,
 # to ask how the same pairs train the same policy under another update; the rest of online made the pairs.
 UPDATE_KEYS = ("loss", "beta", "xpo_alpha", "nll_alpha", "sft_anchor", "reference", "lr", "warmup", "epochs",
@@ -106,11 +113,7 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     train = load_split(recipe.out / "data", "train")
     if not (out / "DONE").exists():
         by_id = {r["id"]: r for r in train}
-        store = LabelStore(run_dir(recipe, method, pairs_seed) / "labels.sqlite")
-        try:
-            found = chosen_rejected(store.scalar_answers(1))
-        finally:
-            store.close()
+        found = read_pairs(recipe, method, pairs_seed)
         # explore is XPO's untransferred sample, refused above: DPO and IPO never read it
         pairs = [Pair(by_id[pid], chosen, rejected, "") for pid, chosen, rejected in found]
         cfg = dataclasses.replace(recipe.online, seed=_training_seed(recipe, method, pairs_seed))
@@ -147,8 +150,33 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
         same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
     row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=json.loads(
         (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same)
+    if "facts" in rows[0] and hasattr(judge, "weights"):
+        row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples,
+                                    read_pairs(recipe, method, pairs_seed), {r["id"]: r for r in train}))
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
+
+
+def read_pairs(recipe: Recipe, method: str, seed: int) -> list[tuple[str, str, str]]:
+    """(prompt id, chosen, rejected) of the run's first iteration, in the order the loop formed them."""
+    store = LabelStore(run_dir(recipe, method, seed) / "labels.sqlite")
+    try:
+        return chosen_rejected(store.scalar_answers(1))
+    finally:
+        store.close()
+
+
+def behaviour_change(judge, rows: list[dict], drawn: list, sft: list, k: int, found: list, train: dict) -> dict:
+    """The d_* and taught_* columns (BEHAVIOUR): the replay's first k samples per prompt against its SFT's, and the
+    pairs' chosen against their rejected responses."""
+    flat_rows = [r for r in rows for _ in range(k)]
+    table = lambda samples: fact_table(flat_rows, [y for ys in samples[: len(rows)] for y in ys[:k]], judge.weights)
+    now, start = table(drawn), table(sft)
+    on = [train[pid] for pid, _, _ in found]
+    chosen = fact_table(on, [c for _, c, _ in found], judge.weights)
+    rejected = fact_table(on, [r for _, _, r in found], judge.weights)
+    return {**{f"d_{c}": now[c] - start[c] for c in BEHAVIOUR},
+            **{f"taught_{c}": chosen[c] - rejected[c] for c in BEHAVIOUR}}
 
 
 def _append(path: Path, row: dict) -> None:
@@ -187,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{method} seed {seed}'s {r['pairs']} pairs on build {args.start}{how}: utility {r['utility']:+.3f}, SFT "
               f"{r['sft_utility']:+.3f}, gain {r['gain']:+.3f}" + (f"; reproduces the run: {r['reproduces_run']}"
                                                                     if r["reproduces_run"] else ""))
+        if "d_person" in r:
+            print("change over the SFT (the pairs' chosen - rejected): " + ", ".join(
+                f"{c} {r[f'd_{c}']:+.2f} ({r[f'taught_{c}']:+.2f})" for c in BEHAVIOUR))
 
     return run_command(body)
 

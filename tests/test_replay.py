@@ -1,11 +1,14 @@
 import csv
+import json
 
 import pytest
 from conftest import TINY_OVERRIDES
 
+from eval.world_report import fact_table
 from pipeline.config import ConfigError, load_recipe
+from pipeline.replay import BEHAVIOUR, replay
 from pipeline.replay import main as replay_main
-from pipeline.replay import replay
+from pipeline.runner import load_split
 from pipeline.table import build_recipe, make_table, run_dir
 
 TINY = [*TINY_OVERRIDES, "online.sources=[{name: rouge}]", "online.n_pool=3", "online.replace_num=1",
@@ -35,6 +38,18 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     with open(tmp_path / "table" / "vs_sft_per_seed.csv", newline="") as fh:
         sft_u = {r["seed"]: float(r["baseline_utility"]) for r in csv.DictReader(fh)}
     assert (own["sft_utility"], crossed["sft_utility"]) == (pytest.approx(sft_u["0"]), pytest.approx(sft_u["1"]))
+    # what the gain is made of: the replay's samples against its SFT's on the same draw, the pairs' chosen against
+    # their rejected responses; the same pairs teach the same on either build
+    drawn = json.loads(next((tmp_path / "replay" / "tpo_seed0_on_build1").glob("test_samples_*.json")).read_text())
+    sft = json.loads(next((tmp_path / "table" / "sft_samples").glob("seed1_*.json")).read_text())
+    test = load_split(tmp_path / "data", "test")[:6]
+    flat = lambda s: [y for ys in s["samples"][:6] for y in ys[:2]]
+    now, then = (fact_table([r for r in test for _ in range(2)], flat(s)) for s in (drawn, sft))
+    assert crossed["d_words"] == pytest.approx(now["words"] - then["words"])
+    assert crossed["d_place"] == pytest.approx(now["place"] - then["place"])
+    assert now["oracle_utility"] - then["oracle_utility"] == pytest.approx(crossed["gain"])
+    assert all(crossed[f"taught_{c}"] == own[f"taught_{c}"] for c in BEHAVIOUR)
+    assert own["taught_words"] != 0 or own["taught_invented_per_summary"] != 0
 
     # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build); the run folder addressed
     # by a relative path reuses the SFT draws cached under the absolute one
