@@ -19,7 +19,10 @@ Writes runs/<name>/replay/<method>_seed<p>_on_build<s>[_<changed settings>]/ (mo
 line per replay in runs/<name>/replay/replay.csv: pairs, utility of the replayed checkpoint and of the starting SFT
 checkpoint on the table's draw (table.utility_prompts x table.utility_samples, sampling seed S), the gain; in the
 synthetic world also what that gain is made of (BEHAVIOUR below): how far the replay moved each fact rate, invented
-names and length from its SFT's, beside how far the pairs' chosen responses differ from their rejected ones.
+names and length from its SFT's, beside how far the pairs' chosen responses differ from their rejected ones. And how
+well the replay fits its own pairs (fit_*: the DPO implicit reward's accuracy on them, overall and on the pairs that
+teach a fact), which tells a policy that did not learn its pairs from one that learnt them without sampling otherwise;
+scored once into fit.json (two no-grad passes over the pairs).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import yaml
 from eval import winrate
 from eval.training_pairs import chosen_rejected
 from eval.world_report import fact_table
+from pipeline import world
 from pipeline.cli import check_names, run_command
 from pipeline.config import ConfigError, Recipe, load_recipe, to_dict
 from pipeline.durable import atomic_write_text
@@ -63,7 +67,8 @@ from reward_sources.contracts import knows_utility
 # taught_<c> the pairs' chosen minus rejected responses (what the pairs ask it to change): the gain split into parts.
 BEHAVIOUR = ("person", "place", "number", "rival_fact", "invented_per_summary", "words")
 FIELDS = ["method", "pairs_seed", "start_build", "update", "pairs", "utility", "sft_utility", "gain",
-          "reproduces_run", *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR)]
+          "reproduces_run", "fit_accuracy", "fit_margin", "fit_person", "fit_place",
+          *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR)]
 # What the update reads (pipeline.online.update, reference_logprobs): a replay may change these, e.g. online.lr=3e-4,
 # to ask how the same pairs train the same policy under another update; the rest of online made the pairs.
 UPDATE_KEYS = ("loss", "beta", "xpo_alpha", "nll_alpha", "sft_anchor", "reference", "lr", "warmup", "epochs",
@@ -111,11 +116,11 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     b = build_recipe(recipe, start)
     start_cfg = policy_config(b, b.out / "sft" / "model")
     train = load_split(recipe.out / "data", "train")
+    by_id = {r["id"]: r for r in train}
+    found = read_pairs(recipe, method, pairs_seed)
+    # explore is XPO's untransferred sample, refused above: DPO and IPO never read it
+    pairs = [Pair(by_id[pid], chosen, rejected, "") for pid, chosen, rejected in found]
     if not (out / "DONE").exists():
-        by_id = {r["id"]: r for r in train}
-        found = read_pairs(recipe, method, pairs_seed)
-        # explore is XPO's untransferred sample, refused above: DPO and IPO never read it
-        pairs = [Pair(by_id[pid], chosen, rejected, "") for pid, chosen, rejected in found]
         cfg = dataclasses.replace(recipe.online, seed=_training_seed(recipe, method, pairs_seed))
         policy = load_policy(start_cfg)
         ref = reference_logprobs(policy, pairs, cfg, start_cfg if cfg.reference == "initial" else None)
@@ -124,6 +129,11 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
         policy.save(out / "model")
         atomic_write_text(out / "metrics.json", json.dumps(dict(stats, pairs=len(pairs)), indent=2))
         atomic_write_text(out / "DONE", "")
+    if not (out / "fit.json").exists():  # the pairs scored by the trained checkpoint and its start (no grad)
+        lp = {name: reference_logprobs(load_policy(cfg), pairs, recipe.online, None)
+              for name, cfg in (("start", start_cfg), ("replay", policy_config(b, out / "model")))}
+        atomic_write_text(out / "fit.json", json.dumps({k: {side: v.tolist() for side, v in d.items()}
+                                                        for k, d in lp.items()}))
     tc = recipe.table
     rows = load_split(recipe.out / "data", "test")[: max(tc.n_prompts, tc.utility_prompts)]
     k = max(recipe.eval.samples_per_prompt, tc.utility_samples)
@@ -150,9 +160,10 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
         same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
     row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=json.loads(
         (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same)
+    row.update(fit(json.loads((out / "fit.json").read_text()), found, by_id))
     if "facts" in rows[0] and hasattr(judge, "weights"):
         row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples,
-                                    read_pairs(recipe, method, pairs_seed), {r["id"]: r for r in train}))
+                                    found, by_id))
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
 
@@ -164,6 +175,23 @@ def read_pairs(recipe: Recipe, method: str, seed: int) -> list[tuple[str, str, s
         return chosen_rejected(store.scalar_answers(1))
     finally:
         store.close()
+
+
+def fit(lp: dict, found: list, train: dict) -> dict:
+    """How well the replayed checkpoint fits the pairs it trained on: the share whose chosen response gained more
+    log-probability from the start than the rejected one (the DPO implicit reward ranks them right), its mean
+    margin, and in the synthetic world the share among the pairs whose chosen response states the person / place
+    and whose rejected one does not (NaN when there are none)."""
+    margin = (np.array(lp["replay"]["w"]) - np.array(lp["start"]["w"])
+              - (np.array(lp["replay"]["l"]) - np.array(lp["start"]["l"])))
+    out = {"fit_accuracy": float(np.mean(margin > 0)) if len(margin) else float("nan"),
+           "fit_margin": float(np.mean(margin)) if len(margin) else float("nan")}
+    for fact in ("person", "place"):
+        hits = [("facts" in train[pid] and world.fact_hits(train[pid]["facts"], c)[fact]
+                 and not world.fact_hits(train[pid]["facts"], r)[fact]) for pid, c, r in found]
+        on = margin[np.array(hits, dtype=bool)] if len(margin) else margin
+        out[f"fit_{fact}"] = float(np.mean(on > 0)) if len(on) else float("nan")
+    return out
 
 
 def behaviour_change(judge, rows: list[dict], drawn: list, sft: list, k: int, found: list, train: dict) -> dict:

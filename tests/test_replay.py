@@ -1,12 +1,13 @@
 import csv
 import json
+import math
 
 import pytest
 from conftest import TINY_OVERRIDES
 
 from eval.world_report import fact_table
 from pipeline.config import ConfigError, load_recipe
-from pipeline.replay import BEHAVIOUR, replay
+from pipeline.replay import BEHAVIOUR, fit, replay
 from pipeline.replay import main as replay_main
 from pipeline.runner import load_split
 from pipeline.table import build_recipe, make_table, run_dir
@@ -50,6 +51,8 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     assert now["oracle_utility"] - then["oracle_utility"] == pytest.approx(crossed["gain"])
     assert all(crossed[f"taught_{c}"] == own[f"taught_{c}"] for c in BEHAVIOUR)
     assert own["taught_words"] != 0 or own["taught_invented_per_summary"] != 0
+    # the update fits the pairs it trained on: the implicit reward ranks most of them right
+    assert own["fit_margin"] > 0 and own["fit_accuracy"] > 0.5
 
     # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build); the run folder addressed
     # by a relative path reuses the SFT draws cached under the absolute one
@@ -67,6 +70,7 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     slow = replay(load_recipe(tmp_path / "config.yaml", ["online.lr=1e-6"]), "tpo", 0, 0)
     assert slow["update"] == "lr=1e-06" and slow["reproduces_run"] == "" and slow["pairs"] == own["pairs"]
     assert weights(tmp_path / "replay" / "tpo_seed0_on_build0_lr=1e-06") != weights(run)
+    assert abs(slow["fit_margin"]) < own["fit_margin"] / 10
     capsys.readouterr()
 
     for argv, msg in ((["--pairs", "tpo", "--start", "1"], "--pairs must be METHOD:SEED"),
@@ -82,3 +86,16 @@ def test_replay_refuses_an_unfinished_run_before_any_work(tmp_path):
     recipe = load_recipe(None, [f"run_dir={tmp_path}", *TINY])
     with pytest.raises(ConfigError, match="is not finished: run the table first"):
         replay(recipe, "tpo", 0, 1)
+
+
+def test_fit_counts_the_pairs_the_implicit_reward_ranks_right():
+    facts = dict(person="Ann Lee", role="mayor", place="Paris", number="12", event="flood")
+    train = {"a": {"facts": facts}, "b": {"facts": facts}, "c": {"facts": facts}}
+    found = [("a", "Ann Lee in Paris", "Ann Lee"), ("b", "Ann Lee spoke", "someone spoke"), ("c", "x", "y")]
+    lp = {"start": {"w": [-5.0, -5.0, -5.0], "l": [-4.0, -4.0, -4.0]},
+          "replay": {"w": [-4.0, -6.0, -3.0], "l": [-4.0, -4.0, -1.0]}}  # margins +1, -1, -1
+    got = fit(lp, found, train)
+    assert got["fit_accuracy"] == pytest.approx(1 / 3) and got["fit_margin"] == pytest.approx(-1 / 3)
+    assert got["fit_place"] == 1.0 and got["fit_person"] == 0.0  # pair a alone teaches the place, b the person
+    only_c = {k: {side: v[2:] for side, v in d.items()} for k, d in lp.items()}
+    assert math.isnan(fit(only_c, found[2:], train)["fit_place"])  # no pair teaches the place: no share
