@@ -1,5 +1,6 @@
 """`python -m pipeline replay RECIPE --pairs METHOD:SEED --start S`: train build S's SFT checkpoint on the pairs
-one table run formed in its first iteration, and measure the gain over that SFT checkpoint.
+one table run formed in its first iteration, and measure the gain over that SFT checkpoint. `--all online.lr=3e-4`
+(any UPDATE_KEYS override): every run on its own build under that update, as a table (replay_table).
 
 Why: when the same method gives very different results on two builds, either its pairs differed or the two
 policies responded differently to alike pairs. Crossing them (the pairs of build a's run on build b's policy and
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from eval import winrate
+from eval import paired, winrate
 from eval.training_pairs import chosen_rejected
 from eval.world_report import fact_table
 from pipeline import world
@@ -49,11 +50,13 @@ from pipeline.models import load_policy
 from pipeline.online import Pair, reference_logprobs, update
 from pipeline.runner import build_judge, configure_threads, load_split, policy_config
 from pipeline.table import (
+    SFT_ROW,
     _cache,
     _cached,
     _draw_key,
     _sft_cache,
     _sft_key,
+    all_methods,
     build_recipe,
     methods,
     run_dir,
@@ -149,23 +152,59 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     sample_sft(recipe, start, len(rows), k)  # the table's own draw when it made one
     sft = _cached(_sft_cache(recipe, start, len(rows), k), _sft_key(recipe, rows, start))
 
-    def mean_utility(samples):
+    def utilities(samples) -> np.ndarray:
         flat = [y for ys in samples[:n] for y in ys[: tc.utility_samples]]
-        return float(np.mean(judge.utility([r for r in rows[:n] for _ in range(tc.utility_samples)], flat)))
+        return np.array(judge.utility([r for r in rows[:n] for _ in range(tc.utility_samples)], flat)).reshape(n, -1)
 
-    u, u_sft = mean_utility(drawn), mean_utility(sft)
+    def mean_utility(samples):
+        return float(utilities(samples).mean())
+
+    u_all, u_sft_all = utilities(drawn), utilities(sft)
+    u, u_sft = float(u_all.mean()), float(u_sft_all.mean())
     same = ""
     if start == pairs_seed and not what:  # the run itself, replayed: the same checkpoint, so the same samples
         own = _cached(_cache(recipe, method, pairs_seed, 1, len(rows), k), _draw_key(recipe, rows, start))
         same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
     row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=json.loads(
-        (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same)
+        (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same,
+        utilities=u_all, sft_utilities=u_sft_all)  # the last two, (prompts, samples) arrays, stay out of replay.csv
     row.update(fit(json.loads((out / "fit.json").read_text()), found, by_id))
     if "facts" in rows[0] and hasattr(judge, "weights"):
         row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples,
                                     found, by_id))
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
+
+
+def replay_table(recipe: Recipe) -> str:
+    """Every run of the table replayed on its own build under the recipe's changed update settings, summarised as
+    the table summarises its runs: paired differences against the baseline and against each build's SFT, with a
+    t-interval over training seeds. At iteration 1 the pairs do not depend on the update (they come from the SFT's
+    samples, the sources and the judge), so this is the iteration-1 table a recipe with those settings would give,
+    for the cost of the updates alone. Writes runs/<name>/replay/table_<changed settings>/{paired,vs_sft}.*"""
+    what = changed_update(recipe)
+    if not what:
+        raise ConfigError("--all replays the table under another update: give one, e.g. online.lr=3e-4 (without "
+                          "one it would only reproduce the table's own runs)")
+    todo = [(label, s) for label, _, s, _ in runs(recipe)]
+    for label, s in todo:  # every refusal before the first update
+        check(recipe, label, s, s)
+    u = {}
+    for i, (label, s) in enumerate(todo, 1):
+        r = replay(recipe, label, s, s)
+        print(f"[{i}/{len(todo)}] {label} seed {s} ({what}): gain over its SFT {r['gain']:+.3f}", flush=True)
+        u[(label, s, 1)], u[(SFT_ROW, s, 1)] = r["utilities"], r["sft_utilities"]
+    judge = build_judge(recipe, recipe.eval.judge)
+    temperature = getattr(judge, "temperature", 0.0)
+    labels = [label for label, _ in all_methods(recipe)]
+    n, k = next(iter(u.values())).shape
+    head = (f"Every run's iteration-1 pairs replayed on its own build with {what} (python -m pipeline replay --all). "
+            + paired.header(judge.name, recipe.table.seeds, n, k, temperature))
+    out = recipe.out / "replay" / f"table_{what}"
+    out.mkdir(parents=True, exist_ok=True)
+    md = paired.write(out, paired.paired_rows(u, recipe.table.baseline, temperature, labels), head)
+    return md + "\n\n" + paired.write(out, paired.paired_rows(u, SFT_ROW, temperature, labels),
+                                       f"Gain over each build's SFT. {head}", stem="vs_sft")
 
 
 def read_pairs(recipe: Recipe, method: str, seed: int) -> list[tuple[str, str, str]]:
@@ -224,14 +263,26 @@ def _append(path: Path, row: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline replay", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="the table's recipe (its runs must be finished)")
-    parser.add_argument("--pairs", required=True, metavar="METHOD:SEED",
+    parser.add_argument("--pairs", metavar="METHOD:SEED",
                         help="the table run whose iteration-1 pairs are replayed, e.g. tpo:0")
-    parser.add_argument("--start", required=True, type=int, metavar="S",
+    parser.add_argument("--start", type=int, metavar="S",
                         help="the training seed whose build's SFT checkpoint is trained on them")
+    parser.add_argument("--all", action="store_true",
+                        help="replay every run on its own build under the update settings given as overrides "
+                             "(e.g. online.lr=3e-4) and write their table (replay/table_<settings>/)")
     args, overrides = parser.parse_known_args(argv)
     configure_threads()
 
     def body():
+        if args.all == (args.pairs is not None or args.start is not None) or (
+                not args.all and (args.pairs is None or args.start is None)):
+            raise ConfigError("give either --pairs METHOD:SEED and --start S, or --all")
+        if args.all:
+            recipe = load_recipe(args.recipe, overrides)
+            check_names(recipe, table=True)
+            methods(recipe)
+            print(f"\n{replay_table(recipe)}")
+            return
         method, _, seed = args.pairs.rpartition(":")
         if not method or not seed.lstrip("-").isdigit():
             raise ConfigError(f"--pairs must be METHOD:SEED, e.g. tpo:0, got '{args.pairs}'")

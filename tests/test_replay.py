@@ -71,12 +71,29 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     assert slow["update"] == "lr=1e-06" and slow["reproduces_run"] == "" and slow["pairs"] == own["pairs"]
     assert weights(tmp_path / "replay" / "tpo_seed0_on_build0_lr=1e-06") != weights(run)
     assert abs(slow["fit_margin"]) < own["fit_margin"] / 10
+
+    # --all: every run on its own build under that update, summarised as the table summarises its runs
+    assert replay_main([str(tmp_path / "config.yaml"), "--all", "online.lr=1e-6"]) == 0
+    assert "lr=1e-06" in capsys.readouterr().out
+    with open(tmp_path / "replay" / "replay.csv", newline="") as fh:
+        gains = {(r["method"], r["pairs_seed"]): float(r["gain"]) for r in csv.DictReader(fh)
+                 if r["update"] == "lr=1e-06" and r["pairs_seed"] == r["start_build"]}
+    assert sorted(gains) == [(m, s) for m in ("aa:no_transfer", "no_transfer", "tpo") for s in ("0", "1")]
+    with open(tmp_path / "replay" / "table_lr=1e-06" / "vs_sft_per_seed.csv", newline="") as fh:
+        vs_sft = {(r["method"], r["seed"]): float(r["diff"]) for r in csv.DictReader(fh)}
+    assert vs_sft == pytest.approx(gains)
+    with open(tmp_path / "replay" / "table_lr=1e-06" / "paired_per_seed.csv", newline="") as fh:
+        diff = {r["seed"]: float(r["diff"]) for r in csv.DictReader(fh) if r["method"] == "tpo"}
+    assert diff == pytest.approx({s: gains[("tpo", s)] - gains[("no_transfer", s)] for s in ("0", "1")})
     capsys.readouterr()
 
     for argv, msg in ((["--pairs", "tpo", "--start", "1"], "--pairs must be METHOD:SEED"),
                       (["--pairs", "ucb:0", "--start", "1"], "no such run in the table"),
                       (["--pairs", "tpo:0", "--start", "7"], "--start 7 is not one of table.seeds"),
-                      (["--pairs", "tpo:0", "--start", "1", "online.loss=xpo"], "cannot rerun XPO")):
+                      (["--pairs", "tpo:0", "--start", "1", "online.loss=xpo"], "cannot rerun XPO"),
+                      (["--all"], "--all replays the table under another update"),
+                      (["--all", "--pairs", "tpo:0", "online.lr=1e-6"], "give either --pairs"),
+                      (["--pairs", "tpo:0"], "give either --pairs")):
         assert replay_main([str(tmp_path / "config.yaml"), *argv]) != 0
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
