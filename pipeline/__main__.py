@@ -1,6 +1,7 @@
 """CLI: python -m pipeline run RECIPE [--stage data|sft|sources|online|eval] [--force] [key.sub=value ...]
        python -m pipeline table RECIPE [--jobs N] [--force] [key.sub=value ...]   (make table)
        python -m pipeline replay RECIPE --pairs METHOD:SEED --start S   (a table run's pairs on another build)
+       python -m pipeline replay RECIPE --all online.lr=3e-4            (every run's pairs under another update)
        python -m pipeline help      (every config key and selector option with its help string and range)"""
 from __future__ import annotations
 
