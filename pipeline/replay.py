@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from eval import paired, winrate
+from eval import paired
 from eval.training_pairs import chosen_rejected
 from eval.world_report import fact_table
 from pipeline import world
@@ -54,10 +54,10 @@ from pipeline.table import (
     _cache,
     _cached,
     _draw_key,
-    _sft_cache,
-    _sft_key,
     all_methods,
     build_recipe,
+    draw,
+    exact_utilities,
     methods,
     run_dir,
     runs,
@@ -142,36 +142,22 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     k = max(recipe.eval.samples_per_prompt, tc.utility_samples)
     n = min(tc.utility_prompts, len(rows))
     judge = build_judge(recipe, recipe.eval.judge)
-    mine = out / f"test_samples_p{len(rows)}_x{k}.json"
-    drawn = _cached(mine, _draw_key(recipe, rows, start))
-    if drawn is None:
-        ev = dataclasses.replace(recipe.eval, samples_per_prompt=k)
-        drawn = winrate.sample_test(load_policy(policy_config(b, out / "model")), rows, ev,
-                                    recipe.online.gen_batch_size, start)
-        atomic_write_text(mine, json.dumps({"key": _draw_key(recipe, rows, start), "samples": drawn}))
-    sample_sft(recipe, start, len(rows), k)  # the table's own draw when it made one
-    sft = _cached(_sft_cache(recipe, start, len(rows), k), _sft_key(recipe, rows, start))
-
-    def utilities(samples) -> np.ndarray:
-        flat = [y for ys in samples[:n] for y in ys[: tc.utility_samples]]
-        return np.array(judge.utility([r for r in rows[:n] for _ in range(tc.utility_samples)], flat)).reshape(n, -1)
-
-    def mean_utility(samples):
-        return float(utilities(samples).mean())
-
+    drawn = draw(recipe, b, out / "model", out / f"test_samples_p{len(rows)}_x{k}.json",
+                 _draw_key(recipe, rows, start), rows, k, start)
+    sft = sample_sft(recipe, start, len(rows), k)  # the table's own draw when it made one
+    utilities = lambda samples: exact_utilities(judge, rows, samples, n, tc.utility_samples)
     u_all, u_sft_all = utilities(drawn), utilities(sft)
     u, u_sft = float(u_all.mean()), float(u_sft_all.mean())
     same = ""
     if start == pairs_seed and not what:  # the run itself, replayed: the same checkpoint, so the same samples
         own = _cached(_cache(recipe, method, pairs_seed, 1, len(rows), k), _draw_key(recipe, rows, start))
-        same = "" if own is None else ("yes" if own == drawn else f"no (run {mean_utility(own):+.3f})")
-    row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=json.loads(
-        (out / "metrics.json").read_text())["pairs"], utility=u, sft_utility=u_sft, gain=u - u_sft, reproduces_run=same,
-        utilities=u_all, sft_utilities=u_sft_all)  # the last two, (prompts, samples) arrays, stay out of replay.csv
+        same = "" if own is None else ("yes" if own == drawn else f"no (run {utilities(own).mean():+.3f})")
+    row = dict(method=method, pairs_seed=pairs_seed, start_build=start, update=what, pairs=len(pairs), utility=u,
+               sft_utility=u_sft, gain=u - u_sft, reproduces_run=same,
+               utilities=u_all, sft_utilities=u_sft_all)  # the last two, (prompts, samples) arrays, stay out of the csv
     row.update(fit(json.loads((out / "fit.json").read_text()), found, by_id))
     if "facts" in rows[0] and hasattr(judge, "weights"):
-        row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples,
-                                    found, by_id))
+        row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples, found, by_id))
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
 
@@ -223,13 +209,12 @@ def fit(lp: dict, found: list, train: dict) -> dict:
     and whose rejected one does not (NaN when there are none)."""
     margin = (np.array(lp["replay"]["w"]) - np.array(lp["start"]["w"])
               - (np.array(lp["replay"]["l"]) - np.array(lp["start"]["l"])))
-    out = {"fit_accuracy": float(np.mean(margin > 0)) if len(margin) else float("nan"),
-           "fit_margin": float(np.mean(margin)) if len(margin) else float("nan")}
+    share = lambda m: float(np.mean(m > 0)) if len(m) else float("nan")
+    out = {"fit_accuracy": share(margin), "fit_margin": float(np.mean(margin)) if len(margin) else float("nan")}
     for fact in ("person", "place"):
-        hits = [("facts" in train[pid] and world.fact_hits(train[pid]["facts"], c)[fact]
-                 and not world.fact_hits(train[pid]["facts"], r)[fact]) for pid, c, r in found]
-        on = margin[np.array(hits, dtype=bool)] if len(margin) else margin
-        out[f"fit_{fact}"] = float(np.mean(on > 0)) if len(on) else float("nan")
+        teaches = [("facts" in train[pid] and world.fact_hits(train[pid]["facts"], c)[fact]
+                    and not world.fact_hits(train[pid]["facts"], r)[fact]) for pid, c, r in found]
+        out[f"fit_{fact}"] = share(margin[np.array(teaches, dtype=bool)])
     return out
 
 
@@ -274,21 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
 
     def body():
-        if args.all == (args.pairs is not None or args.start is not None) or (
-                not args.all and (args.pairs is None or args.start is None)):
+        one = args.pairs is not None and args.start is not None
+        if not (one and not args.all or args.all and args.pairs is None and args.start is None):
             raise ConfigError("give either --pairs METHOD:SEED and --start S, or --all")
-        if args.all:
-            recipe = load_recipe(args.recipe, overrides)
-            check_names(recipe, table=True)
-            methods(recipe)
-            print(f"\n{replay_table(recipe)}")
-            return
-        method, _, seed = args.pairs.rpartition(":")
-        if not method or not seed.lstrip("-").isdigit():
+        method, _, seed = (args.pairs or "").rpartition(":")
+        if one and (not method or not seed.lstrip("-").isdigit()):
             raise ConfigError(f"--pairs must be METHOD:SEED, e.g. tpo:0, got '{args.pairs}'")
         recipe = load_recipe(args.recipe, overrides)
         check_names(recipe, table=True)
         methods(recipe)
+        if args.all:
+            print(f"\n{replay_table(recipe)}")
+            return
         r = replay(recipe, method, int(seed), args.start)
         how = f" ({r['update']})" if r["update"] else ""
         print(f"{method} seed {seed}'s {r['pairs']} pairs on build {args.start}{how}: utility {r['utility']:+.3f}, SFT "

@@ -266,14 +266,23 @@ def sample_run(recipe: Recipe, label: str, seed: int, prompts: int, samples: int
     """Draw and cache `samples` responses per test prompt for every iteration of one run that lacks them. The
     sampling seed is the eval seed's (winrate.sample_test), whatever the method: common random numbers."""
     rows = load_split(recipe.out / "data", "test")[:prompts]
-    key = _draw_key(recipe, rows, seed)
-    ev = dataclasses.replace(recipe.eval, samples_per_prompt=samples)
     for t in range(1, recipe.online.iterations + 1):
         path = _cache(recipe, label, seed, t, len(rows), samples)
-        if _cached(path, key) is None:
-            policy = load_policy(policy_config(recipe, path.parent / "model"))
-            resp = winrate.sample_test(policy, rows, ev, recipe.online.gen_batch_size, seed)
-            atomic_write_text(path, json.dumps({"key": key, "samples": resp}))
+        draw(recipe, recipe, path.parent / "model", path, _draw_key(recipe, rows, seed), rows, samples, seed)
+
+
+def draw(recipe: Recipe, build: Recipe, model: Path, path: Path, key: dict, rows: list[dict], samples: int,
+         seed: int) -> list[list[str]]:
+    """The draw cached at path under key; else `samples` responses per prompt of rows from the checkpoint at model
+    (a checkpoint of build), with training seed `seed`'s sampling seed (winrate.sample_test), cached atomically."""
+    got = _cached(path, key)
+    if got is None:
+        policy = load_policy(policy_config(build, model))
+        got = winrate.sample_test(policy, rows, dataclasses.replace(recipe.eval, samples_per_prompt=samples),
+                                  recipe.online.gen_batch_size, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "samples": got}))
+    return got
 
 
 def _sft_cache(recipe: Recipe, seed: int, prompts: int, samples: int) -> Path:
@@ -286,17 +295,19 @@ def _sft_key(recipe: Recipe, rows: list[dict], seed: int) -> dict:
     return dict(_draw_key(recipe, rows, seed), checkpoint=where.as_posix())
 
 
-def sample_sft(recipe: Recipe, seed: int, prompts: int, samples: int) -> None:
-    """Draw and cache the starting checkpoint of training seed `seed` (its build's SFT) on the test prompts with
-    that seed's sampling seed: the same random numbers as every checkpoint the seed's runs trained from it."""
+def sample_sft(recipe: Recipe, seed: int, prompts: int, samples: int) -> list[list[str]]:
+    """The starting checkpoint of training seed `seed` (its build's SFT) drawn on the test prompts with that seed's
+    sampling seed: the same random numbers as every checkpoint the seed's runs trained from it. Cached."""
     rows = load_split(recipe.out / "data", "test")[:prompts]
-    b, path = build_recipe(recipe, seed), _sft_cache(recipe, seed, len(rows), samples)
-    if _cached(path, _sft_key(recipe, rows, seed)) is None:
-        policy = load_policy(policy_config(b, b.out / "sft" / "model"))
-        resp = winrate.sample_test(policy, rows, dataclasses.replace(recipe.eval, samples_per_prompt=samples),
-                                   recipe.online.gen_batch_size, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"key": _sft_key(recipe, rows, seed), "samples": resp}))
+    b = build_recipe(recipe, seed)
+    return draw(recipe, b, b.out / "sft" / "model", _sft_cache(recipe, seed, len(rows), samples),
+                _sft_key(recipe, rows, seed), rows, samples, seed)
+
+
+def exact_utilities(judge, rows: list[dict], responses: list[list[str]], n: int, k: int) -> np.ndarray:
+    """(n, k): the exact utility of the first k responses to each of the first n prompts."""
+    flat = [y for ys in responses[:n] for y in ys[:k]]
+    return np.array(judge.utility([r for r in rows[:n] for _ in range(k)], flat)).reshape(n, k)
 
 
 def sample_all(recipe: Recipe, rows: list[dict], samples: int, jobs: int = 1, sft: bool = False) -> dict:
@@ -468,9 +479,7 @@ def plot_arms(recipe: Recipe, method: str, out: Path, prefix: str = "arms_iter")
 def utility_headline(recipe: Recipe, judge, rows: list[dict], samples: dict, out: Path) -> str:
     """paired.csv / .md / .png from the exact utilities of every checkpoint's samples; returns the markdown."""
     n, k = min(recipe.table.utility_prompts, len(rows)), recipe.table.utility_samples
-    flat_rows = [r for r in rows[:n] for _ in range(k)]
-    u = {key: np.array(judge.utility(flat_rows, [y for ys in resp[:n] for y in ys[:k]])).reshape(n, k)
-         for key, resp in samples.items()}
+    u = {key: exact_utilities(judge, rows, resp, n, k) for key, resp in samples.items()}
     labels = [label for label, _ in all_methods(recipe)]
     temperature = getattr(judge, "temperature", 0.0)  # none: a noiseless judge
     rows_out = paired.paired_rows(u, recipe.table.baseline, temperature, labels)
