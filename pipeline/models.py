@@ -333,6 +333,33 @@ class Policy:
         total, count = torch.cat(sums)[inverse], torch.cat(counts)[inverse]
         return total, total / count, count
 
+    def continuation_logprobs(self, documents: list[str], prefixes: list[str], continuations: list[str], *,
+                              batch_size: int = 32) -> torch.Tensor:
+        """Summed log-prob of each continuation's tokens, given prompt_text(document) and the response's prefix
+        before it (no end of sequence): how likely the policy is to go on with exactly these words at that point.
+        The prefix must end where a token ends (a word boundary for the world's tokenizer), else ValueError."""
+        if not len(documents) == len(prefixes) == len(continuations):
+            raise ValueError(f"{len(documents)} documents, {len(prefixes)} prefixes, {len(continuations)} continuations")
+        if not documents:
+            return torch.zeros(0)
+        enc = lambda texts: self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        heads = enc(prefixes)
+        targets = enc(p + c for p, c in zip(prefixes, continuations))
+        for p, h, t in zip(prefixes, heads, targets):
+            if t[: len(h)] != h or len(t) == len(h):
+                raise ValueError(f"the prefix {p[-40:]!r} does not end on a token boundary of its continuation")
+        prompts = self.prompt_ids(documents)
+        order = sorted(range(len(documents)), key=lambda i: len(prompts[i]) + len(targets[i]))
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start: start + batch_size]
+                tok_lp, mask = self._batch_logprobs([prompts[i] for i in idx], [targets[i] for i in idx])
+                after = torch.arange(mask.shape[1], device=mask.device)[None, :] >= torch.tensor(
+                    [len(heads[i]) for i in idx], device=mask.device)[:, None]
+                out.append(torch.where(mask & after, tok_lp, 0.0).sum(-1))
+        return torch.cat(out)[_inverse(order, self.device)].cpu()
+
     def shared_logprobs(self, documents: list[str], responses: list[list[str]], *, batch_size: int = 16,
                         grad: bool = False) -> torch.Tensor:
         """Summed log-probs (n, m) of m responses per document (chosen, rejected[, XPO's third]), the document

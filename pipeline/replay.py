@@ -23,7 +23,9 @@ synthetic world also what that gain is made of (BEHAVIOUR below): how far the re
 names and length from its SFT's, beside how far the pairs' chosen responses differ from their rejected ones. And how
 well the replay fits its own pairs (fit_*: the DPO implicit reward's accuracy on them, overall and on the pairs that
 teach a fact), which tells a policy that did not learn its pairs from one that learnt them without sampling otherwise;
-scored once into fit.json (two no-grad passes over the pairs).
+scored once into fit.json (two no-grad passes over the pairs). And where the place's probability moved (slot_*: the
+planted place's probability at the SFT's own place slots and at the slots its pairs taught; slot_contexts), scored
+once into slot.json.
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ from reward_sources.contracts import knows_utility
 BEHAVIOUR = ("person", "place", "number", "rival_fact", "invented_per_summary", "words")
 FIELDS = ["method", "pairs_seed", "start_build", "update", "pairs", "utility", "sft_utility", "gain",
           "reproduces_run", "fit_accuracy", "fit_margin", "fit_person", "fit_place",
-          *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR)]
+          *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR),
+          "slot_place_sft", "slot_place", "slot_taught"]
 # What the update reads (pipeline.online.update, reference_logprobs): a replay may change these, e.g. online.lr=3e-4,
 # to ask how the same pairs train the same policy under another update; the rest of online made the pairs.
 UPDATE_KEYS = ("loss", "beta", "xpo_alpha", "nll_alpha", "sft_anchor", "reference", "lr", "warmup", "epochs",
@@ -158,6 +161,8 @@ def replay(recipe: Recipe, method: str, pairs_seed: int, start: int) -> dict:
     row.update(fit(json.loads((out / "fit.json").read_text()), found, by_id))
     if "facts" in rows[0] and hasattr(judge, "weights"):
         row.update(behaviour_change(judge, rows[:n], drawn, sft, tc.utility_samples, found, by_id))
+        row.update(slots(out, start_cfg, policy_config(b, out / "model"), rows[:n], sft, tc.utility_samples, found,
+                         by_id))
     _append(recipe.out / "replay" / "replay.csv", row)
     return row
 
@@ -212,10 +217,47 @@ def fit(lp: dict, found: list, train: dict) -> dict:
     share = lambda m: float(np.mean(m > 0)) if len(m) else float("nan")
     out = {"fit_accuracy": share(margin), "fit_margin": float(np.mean(margin)) if len(margin) else float("nan")}
     for fact in ("person", "place"):
-        teaches = [("facts" in train[pid] and world.fact_hits(train[pid]["facts"], c)[fact]
-                    and not world.fact_hits(train[pid]["facts"], r)[fact]) for pid, c, r in found]
-        out[f"fit_{fact}"] = share(margin[np.array(teaches, dtype=bool)])
+        out[f"fit_{fact}"] = share(margin[np.array([_teaches(train[pid], c, r, fact) for pid, c, r in found],
+                                                   dtype=bool)])
     return out
+
+
+def _teaches(row: dict, chosen: str, rejected: str, fact: str) -> bool:
+    """The pair's chosen response states the planted fact and its rejected one does not."""
+    return ("facts" in row and world.fact_hits(row["facts"], chosen)[fact]
+            and not world.fact_hits(row["facts"], rejected)[fact])
+
+
+def slot_contexts(rows: list[dict], samples: list, k: int, found: list, train: dict) -> dict[str, list]:
+    """(document, prefix, planted place) at each slot (docs/testbed.md, the slot diagnostic). own: every one of the
+    first k samples per row that names a place-like word, cut before the first one. taught: every place-teaching
+    pair's chosen response, cut before the planted place."""
+    own = [(r["document"], y[:o].rstrip(), r["facts"]["place"]) for r, ys in zip(rows, samples) for y in ys[:k]
+           if (o := world.place_slot(y)) is not None]
+    taught = [(train[pid]["document"], c[: world.name_offset(c, train[pid]["facts"]["place"])].rstrip(),
+               train[pid]["facts"]["place"]) for pid, c, r in found if _teaches(train[pid], c, r, "place")]
+    return {"own": own, "taught": taught}
+
+
+def slots(out: Path, start_cfg, replay_cfg, rows: list[dict], sft: list, k: int, found: list, train: dict) -> dict:
+    """The slot columns: the probability of the planted place's tokens at the own and the taught slots under the
+    starting SFT and the replayed checkpoint (log-probs scored once into slot.json, two no-grad passes each)."""
+    path = out / "slot.json"
+    if not path.exists():
+        contexts = slot_contexts(rows, sft, k, found, train)
+        lp = {}
+        for name, cfg in (("start", start_cfg), ("replay", replay_cfg)):
+            policy = load_policy(cfg)
+            lp[name] = {kind: policy.continuation_logprobs(
+                [d for d, _, _ in ctx], [p for _, p, _ in ctx], [(" " if p else "") + x for _, p, x in ctx]).tolist()
+                for kind, ctx in contexts.items()}
+        atomic_write_text(path, json.dumps(lp))
+    lp = json.loads(path.read_text())
+    prob = lambda name, kind: np.exp(np.array(lp[name][kind], dtype=float))
+    mean = lambda a: float(a.mean()) if len(a) else float("nan")
+    return {"slot_place_sft": mean(prob("start", "own")),
+            "slot_place": mean(prob("replay", "own") - prob("start", "own")),
+            "slot_taught": mean(prob("replay", "taught") - prob("start", "taught"))}
 
 
 def behaviour_change(judge, rows: list[dict], drawn: list, sft: list, k: int, found: list, train: dict) -> dict:
@@ -279,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         if "d_person" in r:
             print("change over the SFT (the pairs' chosen - rejected): " + ", ".join(
                 f"{c} {r[f'd_{c}']:+.2f} ({r[f'taught_{c}']:+.2f})" for c in BEHAVIOUR))
+            print(f"the planted place's probability: at the SFT's own place slots {r['slot_place_sft']:.3f} "
+                  f"{r['slot_place']:+.3f}, where the pairs taught it {r['slot_taught']:+.3f}")
 
     return run_command(body)
 

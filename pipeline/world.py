@@ -191,6 +191,23 @@ def invented_entities(document: str, response: str) -> list[str]:
     return sorted(set(out))
 
 
+def place_slot(response: str) -> int | None:
+    """Character offset of the response's first place-like word (capitalised, with one of the world's place endings:
+    the planted place, another place or an invented one), or None: where the response decides which place it states.
+    """
+    for m in _WORD.finditer(response):
+        w = m.group()
+        if w[0].isupper() and any(w.lower().endswith(e) and len(w) > len(e) for e in _PLACE_END):
+            return m.start()
+    return None
+
+
+def name_offset(response: str, name: str) -> int | None:
+    """Character offset of the first whole-word, case-insensitive occurrence of `name`, or None."""
+    m = re.search(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])", response, re.IGNORECASE)
+    return None if m is None else m.start()
+
+
 def invented(document: str, response: str) -> list[str]:
     """Names and numbers in the response that the document never mentions (hallucinations)."""
     return [w for w, new in _invented_flags(document, response) if new]

@@ -77,6 +77,29 @@ def test_shared_logprobs_equal_separate_rows(make_policy, shape, attn):
 
 
 @pytest.mark.parametrize("shape", ["t5-tiny", "llama-tiny"])
+def test_continuation_logprobs_are_the_tokens_after_the_prefix(make_policy, shape):
+    """The log-prob of going on with the continuation from the prefix: the full response's own per-token log-probs
+    from where the prefix ends, without the end of sequence (the slot diagnostic's measure)."""
+    policy = make_policy(shape)
+    cases = [("The council", " said."), ("", "Strike"), ("A new bridge in", " riverton would cost"),
+             ("Police report", " workers plans")]
+    docs = [DOCS[0], DOCS[1], DOCS[2], DOCS[4]]
+    got = policy.continuation_logprobs(docs, [p for p, _ in cases], [c for _, c in cases], batch_size=3)
+    for d, (p, c), g in zip(docs, cases, got):
+        head = len(policy.tokenizer(p, add_special_tokens=False)["input_ids"]) if p else 0
+        want = manual_logprobs(policy, d, p + c)[head:-1].sum()
+        torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-5)
+    # the chain rule: the prefix's own tokens, then the continuation's, make the whole
+    whole = policy.continuation_logprobs(docs[:1], [""], ["The council said."])
+    first = policy.continuation_logprobs(docs[:1], [""], ["The council"])
+    torch.testing.assert_close(whole, first + got[:1], atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="token boundary"):
+        policy.continuation_logprobs(docs[:1], ["The council"], [""])
+    with pytest.raises(ValueError, match="1 documents, 2 prefixes"):
+        policy.continuation_logprobs(docs[:1], ["a", "b"], ["c"])
+
+
+@pytest.mark.parametrize("shape", ["t5-tiny", "llama-tiny"])
 def test_sample_shapes_determinism_and_greedy(make_policy, shape):
     policy = make_policy(shape)
     docs = DOCS[:3]

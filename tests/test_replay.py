@@ -7,7 +7,7 @@ from conftest import TINY_OVERRIDES
 
 from eval.world_report import fact_table
 from pipeline.config import ConfigError, load_recipe
-from pipeline.replay import BEHAVIOUR, fit, replay
+from pipeline.replay import BEHAVIOUR, fit, replay, slot_contexts
 from pipeline.replay import main as replay_main
 from pipeline.runner import load_split
 from pipeline.table import build_recipe, make_table, run_dir
@@ -53,6 +53,10 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     assert own["taught_words"] != 0 or own["taught_invented_per_summary"] != 0
     # the update fits the pairs it trained on: the implicit reward ranks most of them right
     assert own["fit_margin"] > 0 and own["fit_accuracy"] > 0.5
+    # where the place's probability moved: scored once into slot.json, probabilities and their changes
+    assert (tmp_path / "replay" / "tpo_seed0_on_build1" / "slot.json").exists()
+    assert all(math.isnan(crossed[c]) or -1 <= crossed[c] <= 1 for c in ("slot_place", "slot_taught"))
+    assert math.isnan(crossed["slot_place_sft"]) or 0 <= crossed["slot_place_sft"] <= 1
 
     # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build); the run folder addressed
     # by a relative path reuses the SFT draws cached under the absolute one
@@ -116,3 +120,18 @@ def test_fit_counts_the_pairs_the_implicit_reward_ranks_right():
     assert got["fit_place"] == 1.0 and got["fit_person"] == 0.0  # pair a alone teaches the place, b the person
     only_c = {k: {side: v[2:] for side, v in d.items()} for k, d in lp.items()}
     assert math.isnan(fit(only_c, found[2:], train)["fit_place"])  # no pair teaches the place: no share
+
+
+def test_slot_contexts_cut_before_the_place():
+    facts = dict(person="Ann Lee", role="mayor", place="Kalobury", number="12", event="jobs")
+    row = {"document": "doc", "facts": facts}
+    samples = [["Mayor Ann Lee has cut 12 jobs in Rosford, near Kalobury.",  # first place-like word: Rosford
+                "Mayor Ann Lee has cut 12 jobs.",  # no place: no slot
+                "Kalobury mayor Ann Lee has cut jobs.",  # the place first: an empty prefix
+                "not read: k = 3"]]
+    pairs = [("a", "In kalobury, mayor Ann Lee cut jobs.", "Mayor Ann Lee cut jobs."),  # teaches, any case
+             ("a", "Ann Lee cut jobs in Kalobury.", "Ann Lee cut jobs in Kalobury today."),  # both state it
+             ("a", "Ann Lee cut jobs.", "Ann Lee cut jobs in Kalobury.")]  # the rejected one states it
+    got = slot_contexts([row], samples, 3, pairs, {"a": row})
+    assert got["own"] == [("doc", "Mayor Ann Lee has cut 12 jobs in", "Kalobury"), ("doc", "", "Kalobury")]
+    assert got["taught"] == [("doc", "In", "Kalobury")]

@@ -131,3 +131,11 @@ def test_labelling_round_keeps_pairs_as_the_loop_does_and_counts_label_errors():
     assert margin["kept"] == pytest.approx(2 / 3)
     assert margin["flat_pairs"] == 0.0 and margin["wrong_pairs"] == 0.5
     assert margin["chosen"] == 0.5 and margin["gap"] == 0.0  # chosen a (1) and f (0); rejected b (0) and e (1)
+
+
+def test_place_slot_finds_the_first_place_like_word():
+    assert world.place_slot("Mayor Ann Lee cut 12 jobs in Rosford.") == len("Mayor Ann Lee cut 12 jobs in ")
+    assert world.place_slot("Ton said the stead was in kalobury.") is None  # a bare ending, lower case: no place
+    assert world.place_slot("Selwick") == 0
+    assert world.name_offset("In kalobury and Kalobury", "Kalobury") == 3
+    assert world.name_offset("Kaloburyton", "Kalobury") is None  # whole words only
