@@ -339,7 +339,8 @@ class Policy:
         before it (no end of sequence): how likely the policy is to go on with exactly these words at that point.
         The prefix must end where a token ends (a word boundary for the world's tokenizer), else ValueError."""
         if not len(documents) == len(prefixes) == len(continuations):
-            raise ValueError(f"{len(documents)} documents, {len(prefixes)} prefixes, {len(continuations)} continuations")
+            raise ValueError(f"{len(documents)} documents, {len(prefixes)} prefixes, "
+                             f"{len(continuations)} continuations")
         if not documents:
             return torch.zeros(0)
         enc = lambda texts: self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]

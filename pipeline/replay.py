@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from eval import paired
@@ -74,7 +75,7 @@ BEHAVIOUR = ("person", "place", "number", "rival_fact", "invented_per_summary", 
 FIELDS = ["method", "pairs_seed", "start_build", "update", "pairs", "utility", "sft_utility", "gain",
           "reproduces_run", "fit_accuracy", "fit_margin", "fit_person", "fit_place",
           *(f"d_{c}" for c in BEHAVIOUR), *(f"taught_{c}" for c in BEHAVIOUR),
-          "slot_place_sft", "slot_place", "slot_taught"]
+          "slot_place_sft", "slot_place", "slot_taught", "slot_doc_sft", "slot_doc"]
 # What the update reads (pipeline.online.update, reference_logprobs): a replay may change these, e.g. online.lr=3e-4,
 # to ask how the same pairs train the same policy under another update; the rest of online made the pairs.
 UPDATE_KEYS = ("loss", "beta", "xpo_alpha", "nll_alpha", "sft_anchor", "reference", "lr", "warmup", "epochs",
@@ -229,35 +230,50 @@ def _teaches(row: dict, chosen: str, rejected: str, fact: str) -> bool:
 
 
 def slot_contexts(rows: list[dict], samples: list, k: int, found: list, train: dict) -> dict[str, list]:
-    """(document, prefix, planted place) at each slot (docs/testbed.md, the slot diagnostic). own: every one of the
-    first k samples per row that names a place-like word, cut before the first one. taught: every place-teaching
-    pair's chosen response, cut before the planted place."""
-    own = [(r["document"], y[:o].rstrip(), r["facts"]["place"]) for r, ys in zip(rows, samples) for y in ys[:k]
-           if (o := world.place_slot(y)) is not None]
-    taught = [(train[pid]["document"], c[: world.name_offset(c, train[pid]["facts"]["place"])].rstrip(),
-               train[pid]["facts"]["place"]) for pid, c, r in found if _teaches(train[pid], c, r, "place")]
+    """(document, prefix, planted place, the document's other places) at each slot (docs/testbed.md, the slot
+    diagnostic). own: every one of the first k samples per row that names a place-like word, cut before the first
+    one. taught: every place-teaching pair's chosen response, cut before the planted place."""
+    at = lambda row, prefix: (row["document"], prefix.rstrip(), row["facts"]["place"],
+                              list(row["facts"].get("distractors", {}).get("place", [])))
+    own = [at(r, y[:o]) for r, ys in zip(rows, samples) for y in ys[:k] if (o := world.place_slot(y)) is not None]
+    taught = [at(train[pid], c[: world.name_offset(c, train[pid]["facts"]["place"])]) for pid, c, r in found
+              if _teaches(train[pid], c, r, "place")]
     return {"own": own, "taught": taught}
 
 
 def slots(out: Path, start_cfg, replay_cfg, rows: list[dict], sft: list, k: int, found: list, train: dict) -> dict:
     """The slot columns: the probability of the planted place's tokens at the own and the taught slots under the
-    starting SFT and the replayed checkpoint (log-probs scored once into slot.json, two no-grad passes each)."""
+    starting SFT and the replayed checkpoint, and at the own slots that of any place the document names (the planted
+    one or another: how much of the slot goes to copying a place at all). Log-probs scored once into slot.json (no
+    grad); a slot.json written before a kind existed gains it on the next read."""
     path = out / "slot.json"
-    if not path.exists():
+    lp = json.loads(path.read_text()) if path.exists() else {}
+    kinds = ("own", "taught", "own_doc")
+    if any(kind not in lp.get(name, {}) for name in ("start", "replay") for kind in kinds):
         contexts = slot_contexts(rows, sft, k, found, train)
-        lp = {}
+        # own_doc: every place of the document at every own slot, summed per slot below
+        contexts["own_doc"] = [(d, p, x, []) for d, p, planted, others in contexts["own"] for x in [planted, *others]]
+        sizes = [1 + len(others) for *_, others in contexts["own"]]
         for name, cfg in (("start", start_cfg), ("replay", replay_cfg)):
+            todo = [kind for kind in kinds if kind not in lp.get(name, {})]
+            if not todo:
+                continue
             policy = load_policy(cfg)
-            lp[name] = {kind: policy.continuation_logprobs(
-                [d for d, _, _ in ctx], [p for _, p, _ in ctx], [(" " if p else "") + x for _, p, x in ctx]).tolist()
-                for kind, ctx in contexts.items()}
+            for kind in todo:
+                ctx = contexts[kind]
+                got = policy.continuation_logprobs([c[0] for c in ctx], [c[1] for c in ctx],
+                                                   [(" " if c[1] else "") + c[2] for c in ctx]).double()
+                if kind == "own_doc":
+                    got = torch.stack([g.logsumexp(0) for g in got.split(sizes)]) if sizes else got
+                lp.setdefault(name, {})[kind] = got.tolist()
         atomic_write_text(path, json.dumps(lp))
-    lp = json.loads(path.read_text())
     prob = lambda name, kind: np.exp(np.array(lp[name][kind], dtype=float))
     mean = lambda a: float(a.mean()) if len(a) else float("nan")
     return {"slot_place_sft": mean(prob("start", "own")),
             "slot_place": mean(prob("replay", "own") - prob("start", "own")),
-            "slot_taught": mean(prob("replay", "taught") - prob("start", "taught"))}
+            "slot_taught": mean(prob("replay", "taught") - prob("start", "taught")),
+            "slot_doc_sft": mean(prob("start", "own_doc")),
+            "slot_doc": mean(prob("replay", "own_doc") - prob("start", "own_doc"))}
 
 
 def behaviour_change(judge, rows: list[dict], drawn: list, sft: list, k: int, found: list, train: dict) -> dict:
@@ -322,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             print("change over the SFT (the pairs' chosen - rejected): " + ", ".join(
                 f"{c} {r[f'd_{c}']:+.2f} ({r[f'taught_{c}']:+.2f})" for c in BEHAVIOUR))
             print(f"the planted place's probability: at the SFT's own place slots {r['slot_place_sft']:.3f} "
-                  f"{r['slot_place']:+.3f}, where the pairs taught it {r['slot_taught']:+.3f}")
+                  f"{r['slot_place']:+.3f}, where the pairs taught it {r['slot_taught']:+.3f}; any of the "
+                  f"document's places at the own slots {r['slot_doc_sft']:.3f} {r['slot_doc']:+.3f}")
 
     return run_command(body)
 

@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 from conftest import TINY_OVERRIDES
 
 from eval.world_report import fact_table
@@ -56,7 +57,7 @@ def test_replay_reproduces_a_run_on_its_own_build_and_crosses_builds(tmp_path, c
     # where the place's probability moved: scored once into slot.json, probabilities and their changes
     assert (tmp_path / "replay" / "tpo_seed0_on_build1" / "slot.json").exists()
     assert all(math.isnan(crossed[c]) or -1 <= crossed[c] <= 1 for c in ("slot_place", "slot_taught"))
-    assert math.isnan(crossed["slot_place_sft"]) or 0 <= crossed["slot_place_sft"] <= 1
+    assert math.isnan(crossed["slot_place_sft"]) or 0 <= crossed["slot_place_sft"] <= crossed["slot_doc_sft"] <= 1
 
     # the CLI: a replay done is read back, and replay.csv keeps one line per (run, build); the run folder addressed
     # by a relative path reuses the SFT draws cached under the absolute one
@@ -123,7 +124,8 @@ def test_fit_counts_the_pairs_the_implicit_reward_ranks_right():
 
 
 def test_slot_contexts_cut_before_the_place():
-    facts = dict(person="Ann Lee", role="mayor", place="Kalobury", number="12", event="jobs")
+    facts = dict(person="Ann Lee", role="mayor", place="Kalobury", number="12", event="jobs",
+                 distractors={"place": ["Rosford"]})
     row = {"document": "doc", "facts": facts}
     samples = [["Mayor Ann Lee has cut 12 jobs in Rosford, near Kalobury.",  # first place-like word: Rosford
                 "Mayor Ann Lee has cut 12 jobs.",  # no place: no slot
@@ -133,5 +135,52 @@ def test_slot_contexts_cut_before_the_place():
              ("a", "Ann Lee cut jobs in Kalobury.", "Ann Lee cut jobs in Kalobury today."),  # both state it
              ("a", "Ann Lee cut jobs.", "Ann Lee cut jobs in Kalobury.")]  # the rejected one states it
     got = slot_contexts([row], samples, 3, pairs, {"a": row})
-    assert got["own"] == [("doc", "Mayor Ann Lee has cut 12 jobs in", "Kalobury"), ("doc", "", "Kalobury")]
-    assert got["taught"] == [("doc", "In", "Kalobury")]
+    assert got["own"] == [("doc", "Mayor Ann Lee has cut 12 jobs in", "Kalobury", ["Rosford"]),
+                          ("doc", "", "Kalobury", ["Rosford"])]
+    assert got["taught"] == [("doc", "In", "Kalobury", ["Rosford"])]
+
+
+def test_slot_columns_by_hand(tmp_path, monkeypatch):
+    """Planted probabilities per (checkpoint, prefix, place): the columns are the means of the planted place's
+    probability and of the document's places summed per slot, and a slot.json from before own_doc existed gains
+    only that kind."""
+    import pipeline.replay as rp
+
+    facts = dict(person="Ann Lee", role="mayor", place="Kalobury", number="12", event="jobs",
+                 distractors={"place": ["Rosford", "Selwick"]})
+    row = {"document": "doc", "facts": facts}
+    samples = [["Ann Lee cut jobs in Rosford.", "Kalobury mayor Ann Lee cut jobs."]]
+    pairs = [("a", "Ann Lee cut jobs in Kalobury.", "Ann Lee cut jobs.")]
+    table = {"start": {("Ann Lee cut jobs in", "Kalobury"): 0.2, ("Ann Lee cut jobs in", "Rosford"): 0.5,
+                       ("Ann Lee cut jobs in", "Selwick"): 0.1, ("", "Kalobury"): 0.4, ("", "Rosford"): 0.1,
+                       ("", "Selwick"): 0.1},
+             "replay": {("Ann Lee cut jobs in", "Kalobury"): 0.6, ("Ann Lee cut jobs in", "Rosford"): 0.2,
+                        ("Ann Lee cut jobs in", "Selwick"): 0.1, ("", "Kalobury"): 0.5, ("", "Rosford"): 0.1,
+                        ("", "Selwick"): 0.0}}
+    scored = []
+
+    class Scorer:  # stands in for a checkpoint: the probabilities above, nothing else
+        def __init__(self, name):
+            self.name = name
+
+        def continuation_logprobs(self, docs, prefixes, continuations):
+            scored.append((self.name, len(docs)))
+            return torch.tensor([math.log(max(table[self.name][(p, c.strip())], 1e-300))
+                                 for p, c in zip(prefixes, continuations)])
+
+    monkeypatch.setattr(rp, "load_policy", lambda cfg: Scorer(cfg))
+    got = rp.slots(tmp_path, "start", "replay", [row], samples, 2, pairs, {"a": row})
+    assert got["slot_place_sft"] == pytest.approx((0.2 + 0.4) / 2)
+    assert got["slot_place"] == pytest.approx(((0.6 - 0.2) + (0.5 - 0.4)) / 2)
+    assert got["slot_taught"] == pytest.approx(0.6 - 0.2)  # the pair's chosen, cut before Kalobury
+    assert got["slot_doc_sft"] == pytest.approx((0.8 + 0.6) / 2)
+    assert got["slot_doc"] == pytest.approx(((0.9 - 0.8) + (0.6 - 0.6)) / 2)
+    # read back without scoring; an older file without own_doc gains only that kind
+    scored.clear()
+    assert rp.slots(tmp_path, "start", "replay", [row], samples, 2, pairs, {"a": row}) == got and not scored
+    old = json.loads((tmp_path / "slot.json").read_text())
+    for name in old:
+        del old[name]["own_doc"]
+    (tmp_path / "slot.json").write_text(json.dumps(old))
+    assert rp.slots(tmp_path, "start", "replay", [row], samples, 2, pairs, {"a": row}) == pytest.approx(got)
+    assert scored == [("start", 6), ("replay", 6)]
