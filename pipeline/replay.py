@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from filelock import FileLock
 
 from eval import paired
 from eval.training_pairs import chosen_rejected
@@ -290,17 +291,20 @@ def behaviour_change(judge, rows: list[dict], drawn: list, sft: list, k: int, fo
 
 
 def _append(path: Path, row: dict) -> None:
-    """replay.csv with this row replacing an earlier replay of the same (method, pairs seed, build)."""
+    """replay.csv with this row replacing an earlier replay of the same (method, pairs seed, build). Replays run
+    side by side (two at a time on two cores), so the read-modify-write holds a lock: without it two finishing at
+    once each rewrite the file from what they read and one row is lost."""
     key = lambda r: (str(r["method"]), str(r["pairs_seed"]), str(r["start_build"]), str(r.get("update") or ""))
-    old = []
-    if path.exists():
-        with open(path, newline="") as fh:
-            old = [r for r in csv.DictReader(fh) if key(r) != key(row)]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(old + [row])
-    atomic_write_text(path, buf.getvalue())
+    with FileLock(path.with_name(path.name + ".lock")):
+        old = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                old = [r for r in csv.DictReader(fh) if key(r) != key(row)]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(old + [row])
+        atomic_write_text(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

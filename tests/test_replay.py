@@ -184,3 +184,26 @@ def test_slot_columns_by_hand(tmp_path, monkeypatch):
     (tmp_path / "slot.json").write_text(json.dumps(old))
     assert rp.slots(tmp_path, "start", "replay", [row], samples, 2, pairs, {"a": row}) == pytest.approx(got)
     assert scored == [("start", 6), ("replay", 6)]
+
+
+def _append_many(path, worker):
+    from pipeline.replay import _append
+
+    for i in range(25):
+        _append(path, {"method": f"m{worker}", "pairs_seed": i, "start_build": 0, "update": "", "gain": i})
+
+
+def test_replays_finishing_side_by_side_keep_every_row(tmp_path):
+    """replay.csv is rewritten whole by each replay; four processes appending at once lose none of the 100 rows."""
+    import multiprocessing as mp
+
+    path = tmp_path / "replay.csv"
+    procs = [mp.get_context("fork").Process(target=_append_many, args=(path, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    with open(path, newline="") as fh:
+        got = {(r["method"], r["pairs_seed"]) for r in csv.DictReader(fh)}
+    assert got == {(f"m{w}", str(i)) for w in range(4) for i in range(25)}
