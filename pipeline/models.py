@@ -319,19 +319,26 @@ class Policy:
         n = len(documents)
         if n == 0:
             return torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long)
-        prompts, targets = self.prompt_ids(documents), self.response_ids(responses)
-        order = sorted(range(n), key=lambda i: len(prompts[i]) + len(targets[i]))
+        total, count = self._summed(self.prompt_ids(documents), self.response_ids(responses), [0] * n, batch_size,
+                                    grad)
+        return total, total / count, count
+
+    def _summed(self, prompts: list[list[int]], targets: list[list[int]], starts: list[int], batch_size: int,
+                grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the summed log-prob of targets[i][starts[i]:] and its token count, in length-sorted batches."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
         sums, counts = [], []
         with contextlib.nullcontext() if grad else torch.inference_mode():
-            for start in range(0, n, batch_size):
+            for start in range(0, len(order), batch_size):
                 idx = order[start: start + batch_size]
                 tok_lp, mask = self._batch_logprobs([prompts[i] for i in idx], [targets[i] for i in idx])
+                mask = mask & (torch.arange(mask.shape[1], device=mask.device)[None, :]
+                               >= torch.tensor([starts[i] for i in idx], device=mask.device)[:, None])
                 sums.append(torch.where(mask, tok_lp, 0.0).sum(-1))
                 counts.append(mask.sum(-1))
         # restored outside inference mode, so callers get ordinary tensors they may mix into a loss with grad
         inverse = _inverse(order, self.device)
-        total, count = torch.cat(sums)[inverse], torch.cat(counts)[inverse]
-        return total, total / count, count
+        return torch.cat(sums)[inverse], torch.cat(counts)[inverse]
 
     def continuation_logprobs(self, documents: list[str], prefixes: list[str], continuations: list[str], *,
                               batch_size: int = 32) -> torch.Tensor:
@@ -349,17 +356,7 @@ class Policy:
         for p, h, t in zip(prefixes, heads, targets):
             if t[: len(h)] != h or len(t) == len(h):
                 raise ValueError(f"the prefix {p[-40:]!r} does not end on a token boundary of its continuation")
-        prompts = self.prompt_ids(documents)
-        order = sorted(range(len(documents)), key=lambda i: len(prompts[i]) + len(targets[i]))
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start: start + batch_size]
-                tok_lp, mask = self._batch_logprobs([prompts[i] for i in idx], [targets[i] for i in idx])
-                after = torch.arange(mask.shape[1], device=mask.device)[None, :] >= torch.tensor(
-                    [len(heads[i]) for i in idx], device=mask.device)[:, None]
-                out.append(torch.where(mask & after, tok_lp, 0.0).sum(-1))
-        return torch.cat(out)[_inverse(order, self.device)].cpu()
+        return self._summed(self.prompt_ids(documents), targets, [len(h) for h in heads], batch_size, False)[0].cpu()
 
     def shared_logprobs(self, documents: list[str], responses: list[list[str]], *, batch_size: int = 16,
                         grad: bool = False) -> torch.Tensor:
