@@ -246,28 +246,24 @@ def slots(out: Path, start_cfg, replay_cfg, rows: list[dict], sft: list, k: int,
     """The slot columns: the probability of the planted place's tokens at the own and the taught slots under the
     starting SFT and the replayed checkpoint, and at the own slots that of any place the document names (the planted
     one or another: how much of the slot goes to copying a place at all). Log-probs scored once into slot.json (no
-    grad); a slot.json written before a kind existed gains it on the next read."""
+    grad)."""
     path = out / "slot.json"
-    lp = json.loads(path.read_text()) if path.exists() else {}
-    kinds = ("own", "taught", "own_doc")
-    if any(kind not in lp.get(name, {}) for name in ("start", "replay") for kind in kinds):
+    if not path.exists():
         contexts = slot_contexts(rows, sft, k, found, train)
         # own_doc: every place of the document at every own slot, summed per slot below
         contexts["own_doc"] = [(d, p, x, []) for d, p, planted, others in contexts["own"] for x in [planted, *others]]
         sizes = [1 + len(others) for *_, others in contexts["own"]]
+        lp = {}
         for name, cfg in (("start", start_cfg), ("replay", replay_cfg)):
-            todo = [kind for kind in kinds if kind not in lp.get(name, {})]
-            if not todo:
-                continue
             policy = load_policy(cfg)
-            for kind in todo:
-                ctx = contexts[kind]
+            for kind, ctx in contexts.items():
                 got = policy.continuation_logprobs([c[0] for c in ctx], [c[1] for c in ctx],
                                                    [(" " if c[1] else "") + c[2] for c in ctx]).double()
-                if kind == "own_doc":
-                    got = torch.stack([g.logsumexp(0) for g in got.split(sizes)]) if sizes else got
+                if kind == "own_doc" and sizes:
+                    got = torch.stack([g.logsumexp(0) for g in got.split(sizes)])
                 lp.setdefault(name, {})[kind] = got.tolist()
         atomic_write_text(path, json.dumps(lp))
+    lp = json.loads(path.read_text())
     prob = lambda name, kind: np.exp(np.array(lp[name][kind], dtype=float))
     mean = lambda a: float(a.mean()) if len(a) else float("nan")
     return {"slot_place_sft": mean(prob("start", "own")),
