@@ -57,7 +57,7 @@ table: venv
 diagnose: venv
 	$(PY) -m eval.world_report $(RECIPE) $(ARGS)
 
-# Speed: per-stage throughput, iteration breakdowns and the four side-by-side ratios -> runs/bench/results.{json,md}
+# Speed: per-stage throughput, iteration breakdowns and the five side-by-side ratios -> runs/bench/results.{json,md}
 bench: venv
 	$(PY) -m bench $(ARGS)
 

@@ -1,4 +1,5 @@
-"""Ratios (2)-(4): batched judge scoring, precomputed reference log-probs, batched Best-of-N sampling.
+"""Ratios (2)-(5): batched judge scoring, precomputed reference log-probs, batched Best-of-N sampling, bfloat16
+mixed precision.
 
 Each ratio runs both sides in this process on the same model, inputs and settings, interleaved `repeats` times,
 and keeps each side's fastest run (load from other processes on the shared cores only ever slows a run down).
@@ -205,4 +206,59 @@ def bon_sampling(world: World, n_prompts: int, samples: int, new_tokens: int, re
         "generation batch 64")
     if profile and not res["met"]:
         res["profile"] = {"ours": profile_top(batched), "baseline": profile_top(loop)}
+    return res
+
+
+# ---------------------------------------------------------------------- (5) bfloat16 mixed precision
+
+
+def bf16_hardware() -> str:
+    """What the bfloat16 matmuls run on: the GPU's name, or the CPU's torch dispatch level and bf16 flags."""
+    if torch.cuda.is_available():
+        return f"cuda {torch.cuda.get_device_name()}"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}, bfloat16 flags: {', '.join(bf16) or 'none'}"
+
+
+def autocast_training(world: World, batch: int, steps: int, repeats: int, profile: bool) -> dict:
+    """SFT steps (logprobs with grad, backward, AdamW) of the testbed's policy shape, float32 vs policy.autocast
+    bfloat16, both from the same weights on the same batches."""
+    full = world.policy("t5-micro", max_input_tokens=160)
+    mixed = world.policy("t5-micro", max_input_tokens=160, autocast="bfloat16")
+    mixed.model.load_state_dict(full.model.state_dict())
+    batches = [world.rows[i * batch:(i + 1) * batch] for i in range(steps)]
+    losses: dict[str, list[float]] = {}
+
+    def train(policy0, name):
+        policy = copy.deepcopy(policy0)
+        policy.model.train()
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+        out = []
+        for rows in batches:
+            total, _, count = policy.logprobs([r["document"] for r in rows], [r["summary"] for r in rows],
+                                              batch_size=batch, grad=True)
+            loss = -total.sum() / count.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        losses[name] = out
+
+    fns = {"bfloat16": lambda: train(mixed, "bfloat16"), "float32": lambda: train(full, "float32")}
+    best = best_of(fns, repeats)
+    gap = max(abs(a - b) for a, b in zip(losses["bfloat16"], losses["float32"]))
+    n = batch * steps
+    res = ratio_result(
+        "SFT steps under policy.autocast bfloat16 vs float32", "rows/s",
+        {"value": n / best["bfloat16"], "seconds": best["bfloat16"], "rows": n},
+        {"value": n / best["float32"], "seconds": best["float32"], "rows": n},
+        1.0, True,
+        f"t5-micro (the testbed's policy), {steps} AdamW steps of batch {batch} on world rows, the same start weights; "
+        f"{bf16_hardware()}; per-step losses agree to {gap:.1e} nats/token")
+    if profile and not res["met"]:
+        res["profile"] = {k: profile_top(f) for k, f in (("ours", fns["bfloat16"]), ("baseline", fns["float32"]))}
     return res

@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-SECTIONS = ("judge", "reference", "bon", "demo", "trl", "paper")
+SECTIONS = ("judge", "reference", "bon", "amp", "demo", "trl", "paper")
 
 
 @dataclasses.dataclass
@@ -31,23 +31,25 @@ class Sizes:
     ref_prompts: int = 64
     bon_prompts: int = 8
     bon_samples: int = 8          # K + N of the demo
+    amp_batch: int = 32           # the testbed's SFT batch
+    amp_steps: int = 8
     trl: dict = dataclasses.field(default_factory=lambda: {
         "llama-tiny": {"prompts": 128, "batch": 8, "new_tokens": 32, "repeats": 3},
         "smollm2": {"prompts": 8, "batch": 4, "new_tokens": 24, "repeats": 2}})
-    repeats: int = 3              # rounds of ratios (2) and (4); each side's fastest round is kept
+    repeats: int = 3              # rounds of ratios (2), (4) and (5); each side's fastest round is kept
     ref_repeats: int = 5          # rounds of ratio (3): its sides differ by ~10%, less than the noise of a busy machine
     new_tokens: int = 0           # sampling limit of sections 1, (3), (4); 0 = the recipes' (demo 40, paper 48)
 
 
 QUICK = Sizes(world_rows=300, demo_block=2, paper_prompts=4, judge_labels=16, judge_rms=((64, 1, 0),), ref_prompts=8,
-              bon_prompts=2, bon_samples=4, new_tokens=8,
+              bon_prompts=2, bon_samples=4, amp_batch=4, amp_steps=1, new_tokens=8,
               trl={"llama-tiny": {"prompts": 4, "batch": 2, "new_tokens": 8, "repeats": 1}}, repeats=1, ref_repeats=1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Stage throughput of the online loop (demo and paper-shape workloads) and four side-by-side "
+        description="Stage throughput of the online loop (demo and paper-shape workloads) and five side-by-side "
                     "speed ratios; writes results.json and results.md (10-20 min on 2 CPU cores; --quick: seconds)")
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny models and counts (seconds; for tests)")
     p.add_argument("--out", default="runs/bench", help="directory for results.json and results.md")
@@ -56,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated causal policies for ratio (1): llama-tiny, smollm2 (default: both; quick: "
                         "llama-tiny)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="rounds of ratios (2)-(4) (default 3, ratio (3) 5; quick 1)")
+                   help="rounds of ratios (2)-(5) (default 3, ratio (3) 5; quick 1)")
     p.add_argument("--demo-block", type=int, default=None, help="demo UCB block size; prompts = 5 x block (default 16)")
     p.add_argument("--paper-prompts", type=int, default=None, help="prompts of the paper-shape iteration (default 16)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile runs of ratios that miss their target")
@@ -144,6 +146,8 @@ def run_section(name: str, world, sz: Sizes, args, work: Path):
     elif name == "bon":
         yield "bon_batched_sampling", ratios.bon_sampling(world, sz.bon_prompts, sz.bon_samples, demo_tokens,
                                                           sz.repeats, profile)
+    elif name == "amp":
+        yield "autocast_bf16_sft", ratios.autocast_training(world, sz.amp_batch, sz.amp_steps, sz.repeats, profile)
     elif name == "demo":
         wl = workloads.demo_workload(world, sz.demo_block, demo_tokens, args.quick)
         yield "demo", workloads.run_workload(wl, world, work)

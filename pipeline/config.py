@@ -122,6 +122,11 @@ class ModelConfig:
     kind: Literal["auto", "seq2seq", "causal"] = f("auto", "model family; auto = read from the model config")
     tokenizer: str = f("auto", "'auto' (the model's own; for shapes the world tokenizer), 'world', or a path/hub name")
     dtype: Literal["float32", "bfloat16", "float16"] = f("float32", "weights dtype")
+    autocast: Literal["none", "bfloat16"] = f(
+        "none", "mixed precision: every forward pass (training, scoring, sampling) runs under torch.autocast in "
+        "bfloat16 while weights, gradients and optimizer state keep `dtype`; log-probs are taken from float32 "
+        "logits. Faster where bfloat16 matmuls are (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX); 'none' = "
+        "every op in `dtype`")
     trust_remote_code: bool = f(False, "allow hub repos to run their own Python code (off unless you trust them)")
     prompt_prefix: str = f("Summarize: ", "prefix put before the document for seq2seq models")
     max_input_tokens: int = f(512, "documents are truncated to this many tokens", ge=1)

@@ -175,6 +175,13 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def amp(self):
+        """The context every forward pass of this policy runs in: torch.autocast in bfloat16 when the config asks
+        for mixed precision (weights, gradients and optimizer state stay as loaded), else nothing."""
+        if self.cfg.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def truncate_text(self, text: str, max_tokens: int) -> str:
         """The longest prefix of `text` that is at most `max_tokens` tokens (cut at a token's end offset)."""
         if max_tokens <= 0:
@@ -273,8 +280,9 @@ class Policy:
 
         if not self.is_seq2seq:
             ids, mask = pad_ids(prompts, self.pad_id, left=True)
-            return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gen_cfg,
-                                       logits_processor=processors(ids.shape[1])), ids
+            with self.amp():
+                return self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                           generation_config=gen_cfg, logits_processor=processors(ids.shape[1])), ids
         from transformers.modeling_outputs import BaseModelOutput
 
         distinct, copies = [], []  # copies[j]: which distinct prompt row j is
@@ -284,11 +292,12 @@ class Policy:
             copies.append(len(distinct) - 1)
         ids, mask = pad_ids(distinct, self.pad_id, left=False)
         ids, mask, copies = ids.to(dev), mask.to(dev), torch.tensor(copies, device=dev)
-        hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        # the decoder starts from one start token: its input_ids are 1 wide before the first new token
-        out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[copies]),
-                                  attention_mask=mask[copies], generation_config=gen_cfg,
-                                  logits_processor=processors(1))
+        with self.amp():
+            hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            # the decoder starts from one start token: its input_ids are 1 wide before the first new token
+            out = self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[copies]),
+                                      attention_mask=mask[copies], generation_config=gen_cfg,
+                                      logits_processor=processors(1))
         return out, ids
 
     # ------------------------------------------------------------------ scoring
@@ -299,16 +308,19 @@ class Policy:
         if self.is_seq2seq:
             enc, emask = pad_ids(prompts, self.pad_id, left=False)
             dec_in, _ = pad_ids([[self.start_id] + t[:-1] for t in targets], self.pad_id, left=False)
-            logits = self.model(input_ids=enc.to(dev), attention_mask=emask.to(dev), decoder_input_ids=dec_in.to(dev),
-                                decoder_attention_mask=lmask.to(dev)).logits
+            with self.amp():
+                logits = self.model(input_ids=enc.to(dev), attention_mask=emask.to(dev),
+                                    decoder_input_ids=dec_in.to(dev), decoder_attention_mask=lmask.to(dev)).logits
         else:
             # [left-padded prompt | right-padded response]: every response starts at the same column, so only the
             # last R+1 positions need the vocab projection (the big tensor for a 49k vocab).
             pids, pmask = pad_ids(prompts, self.pad_id, left=True)
             ids, mask = torch.cat([pids, labels], 1), torch.cat([pmask, lmask], 1)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() uses with left padding
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev),
-                                logits_to_keep=labels.shape[1] + 1).logits[:, :-1]
+            with self.amp():
+                logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                    position_ids=position_ids.to(dev), logits_to_keep=labels.shape[1] + 1).logits
+            logits = logits[:, :-1]
         return token_logprobs(logits, labels.to(dev)), lmask.to(dev).bool()
 
     def logprobs(self, documents: list[str], responses: list[str], *, batch_size: int = 32, grad: bool = False
@@ -393,15 +405,16 @@ class Policy:
         dev, b, m = self.device, len(prompts), len(targets[0])
         enc, emask = pad_ids(prompts, self.pad_id, left=False)
         enc, emask = enc.to(dev), emask.to(dev)
-        # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages them
-        hidden = getattr(self.model, "module", self.model).get_encoder()(input_ids=enc, attention_mask=emask)
-        hidden = hidden.last_hidden_state
         flat = [t for ts in targets for t in ts]
         labels, lmask = pad_ids(flat, self.pad_id, left=False)
         dec_in, _ = pad_ids([[self.start_id] + t[:-1] for t in flat], self.pad_id, left=False)
-        logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden.repeat_interleave(m, 0)),
-                            attention_mask=emask.repeat_interleave(m, 0), decoder_input_ids=dec_in.to(dev),
-                            decoder_attention_mask=lmask.to(dev)).logits
+        with self.amp():
+            # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages
+            hidden = getattr(self.model, "module", self.model).get_encoder()(input_ids=enc, attention_mask=emask)
+            logits = self.model(encoder_outputs=BaseModelOutput(
+                last_hidden_state=hidden.last_hidden_state.repeat_interleave(m, 0)),
+                attention_mask=emask.repeat_interleave(m, 0), decoder_input_ids=dec_in.to(dev),
+                decoder_attention_mask=lmask.to(dev)).logits
         lp = torch.where(lmask.to(dev).bool(), token_logprobs(logits, labels.to(dev)), 0.0)
         return lp.sum(-1).view(b, m)
 
@@ -426,8 +439,9 @@ class Policy:
                    | torch.eye(width, dtype=torch.bool)[None])  # padding sees itself: no all-masked rows (NaN)
         dtype = next(self.model.parameters()).dtype
         mask = torch.zeros(b, 1, width, width, dtype=dtype).masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                            logits_to_keep=width - width_p + 1).logits  # columns width_p - 1 .. end
+        with self.amp():
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                logits_to_keep=width - width_p + 1).logits  # columns width_p - 1 .. end
         out, offset = [], 0
         for labels, lmask in slots:
             w = labels.shape[1]

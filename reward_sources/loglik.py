@@ -185,7 +185,7 @@ def grouped_logprobs(policy, documents, responses, batch_size: int = 16) -> tupl
     targets = policy.response_ids(list(responses))
     prompts = dict(zip(groups, policy.prompt_ids(list(groups))))
     sums, counts = [0.0] * len(responses), [0] * len(responses)
-    with torch.inference_mode():
+    with torch.inference_mode(), policy.amp():
         head = None
         if not policy.is_seq2seq and len(prompts) > 1:
             # the tokens every prompt starts with (chat template, system prompt, instruction: ~35 tokens for

@@ -84,7 +84,7 @@ class SharedPrefixGenerator:
         for i, (pre, _) in enumerate(encoded):
             groups[tuple(pre)].append(i)
         out = [""] * len(parts)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.policy.amp():
             for pre, idx in groups.items():
                 cache = None  # the prefix's KV cache: computed once per group, shared by all its chunks
                 for s in range(0, len(idx), self.batch_size):
@@ -131,7 +131,7 @@ class SharedPrefixGenerator:
 
     def _seq2seq(self, prompts: list[str]) -> list[str]:
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self.policy.amp():
             for s in range(0, len(prompts), self.batch_size):
                 enc = self.tok(prompts[s:s + self.batch_size], padding=True, return_tensors="pt").to(self.policy.device)
                 gen = self.policy.model.generate(**enc, do_sample=False, num_beams=1,

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RATIOS = ("batched_judge[rm-64x1]", "reference_precompute", "bon_batched_sampling", "trl_online_dpo[llama-tiny]")
+RATIOS = ("batched_judge[rm-64x1]", "reference_precompute", "bon_batched_sampling", "autocast_bf16_sft",
+          "trl_online_dpo[llama-tiny]")
 STAGES = ("generate_s", "source_scoring_s", "judge_s", "reference_s", "update_s", "total_s")
 
 
@@ -39,7 +40,7 @@ def test_machine_info_and_progress_lines(quick):
     m = res["machine"]
     assert m["cpu_count"] >= 1 and m["torch"] and m["trl"] and m["torch_threads"] == 1
     assert _positive(res["wall_s"]) and _positive(res["peak_rss_mb"])
-    for section in ("judge", "reference", "bon", "demo", "trl", "paper"):  # one progress line per section
+    for section in ("judge", "reference", "bon", "amp", "demo", "trl", "paper"):  # one progress line per section
         assert f"[bench] {section}:" in stdout
 
 
@@ -86,6 +87,8 @@ def test_ratio_sides_do_the_same_work(quick):
     assert ref["ours"]["pair_updates"] == ref["baseline"]["pair_updates"]
     bon = res["ratios"]["bon_batched_sampling"]
     assert bon["ours"]["samples"] == bon["baseline"]["samples"]
+    amp = res["ratios"]["autocast_bf16_sft"]
+    assert amp["ours"]["rows"] == amp["baseline"]["rows"] > 0
 
 
 def test_markdown_names_every_ratio_and_stage(quick):
