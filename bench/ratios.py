@@ -1,5 +1,5 @@
 """Ratios (2)-(5): batched judge scoring, precomputed reference log-probs, batched Best-of-N sampling, bfloat16
-mixed precision.
+mixed precision (SFT steps and sampling).
 
 Each ratio runs both sides in this process on the same model, inputs and settings, interleaved `repeats` times,
 and keeps each side's fastest run (load from other processes on the shared cores only ever slows a run down).
@@ -259,6 +259,28 @@ def autocast_training(world: World, batch: int, steps: int, repeats: int, profil
         1.0, True,
         f"t5-micro (the testbed's policy), {steps} AdamW steps of batch {batch} on world rows, the same start weights; "
         f"{bf16_hardware()}; per-step losses agree to {gap:.1e} nats/token")
+    if profile and not res["met"]:
+        res["profile"] = {k: profile_top(f) for k, f in (("ours", fns["bfloat16"]), ("baseline", fns["float32"]))}
+    return res
+
+
+def autocast_sampling(world: World, n_prompts: int, samples: int, new_tokens: int, repeats: int, profile: bool) -> dict:
+    """Best-of-N pool sampling of the testbed's policy shape, float32 vs policy.autocast bfloat16 (same weights)."""
+    full = world.policy("t5-micro", max_input_tokens=160)
+    mixed = world.policy("t5-micro", max_input_tokens=160, autocast="bfloat16")
+    mixed.model.load_state_dict(full.model.state_dict())
+    docs = [r["document"] for r in world.rows[:n_prompts]]
+    fns = {name: (lambda p=p: p.sample(docs, samples, batch_size=64, seed=0, max_new_tokens=new_tokens))
+           for name, p in (("bfloat16", mixed), ("float32", full))}
+    best = best_of(fns, repeats)
+    n = n_prompts * samples
+    res = ratio_result(
+        "Best-of-N pool sampling under policy.autocast bfloat16 vs float32", "samples/s",
+        {"value": n / best["bfloat16"], "seconds": best["bfloat16"], "samples": n},
+        {"value": n / best["float32"], "seconds": best["float32"], "samples": n},
+        1.0, True,
+        f"t5-micro, {n_prompts} prompts x {samples} samples, {new_tokens} new tokens, generation batch 64; "
+        f"{bf16_hardware()}")
     if profile and not res["met"]:
         res["profile"] = {k: profile_top(f) for k, f in (("ours", fns["bfloat16"]), ("baseline", fns["float32"]))}
     return res

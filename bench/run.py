@@ -148,6 +148,8 @@ def run_section(name: str, world, sz: Sizes, args, work: Path):
                                                           sz.repeats, profile)
     elif name == "amp":
         yield "autocast_bf16_sft", ratios.autocast_training(world, sz.amp_batch, sz.amp_steps, sz.repeats, profile)
+        yield "autocast_bf16_sampling", ratios.autocast_sampling(world, sz.bon_prompts * 4, sz.bon_samples, demo_tokens,
+                                                                 sz.repeats, profile)
     elif name == "demo":
         wl = workloads.demo_workload(world, sz.demo_block, demo_tokens, args.quick)
         yield "demo", workloads.run_workload(wl, world, work)

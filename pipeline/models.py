@@ -409,7 +409,7 @@ class Policy:
         labels, lmask = pad_ids(flat, self.pad_id, left=False)
         dec_in, _ = pad_ids([[self.start_id] + t[:-1] for t in flat], self.pad_id, left=False)
         with self.amp():
-            # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages
+            # the encoder outside DDP's forward: its gradients still arrive in the same backward, so DDP averages them
             hidden = getattr(self.model, "module", self.model).get_encoder()(input_ids=enc, attention_mask=emask)
             logits = self.model(encoder_outputs=BaseModelOutput(
                 last_hidden_state=hidden.last_hidden_state.repeat_interleave(m, 0)),

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIOS = ("batched_judge[rm-64x1]", "reference_precompute", "bon_batched_sampling", "autocast_bf16_sft",
-          "trl_online_dpo[llama-tiny]")
+          "autocast_bf16_sampling", "trl_online_dpo[llama-tiny]")
 STAGES = ("generate_s", "source_scoring_s", "judge_s", "reference_s", "update_s", "total_s")
 
 
@@ -89,6 +89,8 @@ def test_ratio_sides_do_the_same_work(quick):
     assert bon["ours"]["samples"] == bon["baseline"]["samples"]
     amp = res["ratios"]["autocast_bf16_sft"]
     assert amp["ours"]["rows"] == amp["baseline"]["rows"] > 0
+    amp = res["ratios"]["autocast_bf16_sampling"]
+    assert amp["ours"]["samples"] == amp["baseline"]["samples"] > 0
 
 
 def test_markdown_names_every_ratio_and_stage(quick):
