@@ -224,12 +224,29 @@ def bf16_hardware() -> str:
     return f"cpu {torch.backends.cpu.get_cpu_capability()}, bfloat16 flags: {', '.join(bf16) or 'none'}"
 
 
-def autocast_training(world: World, batch: int, steps: int, repeats: int, profile: bool) -> dict:
-    """SFT steps (logprobs with grad, backward, AdamW) of the testbed's policy shape, float32 vs policy.autocast
-    bfloat16, both from the same weights on the same batches."""
+def _autocast_pair(world: World):
+    """The testbed's policy shape twice with the same weights: float32, and under policy.autocast bfloat16."""
     full = world.policy("t5-micro", max_input_tokens=160)
     mixed = world.policy("t5-micro", max_input_tokens=160, autocast="bfloat16")
     mixed.model.load_state_dict(full.model.state_dict())
+    return full, mixed
+
+
+def _autocast_ratio(name: str, unit: str, count: str, n: int, fns: dict, repeats: int, profile: bool,
+                    setup: str) -> dict:
+    """fns = {"bfloat16": ..., "float32": ...}, each doing n `count` of work; bfloat16 is ours."""
+    best = best_of(fns, repeats)
+    res = ratio_result(name, unit, {"value": n / best["bfloat16"], "seconds": best["bfloat16"], count: n},
+                       {"value": n / best["float32"], "seconds": best["float32"], count: n}, 1.0, True,
+                       f"{setup}; {bf16_hardware()}")
+    if profile and not res["met"]:
+        res["profile"] = {k: profile_top(fns[side]) for k, side in (("ours", "bfloat16"), ("baseline", "float32"))}
+    return res
+
+
+def autocast_training(world: World, batch: int, steps: int, repeats: int, profile: bool) -> dict:
+    """SFT steps (logprobs with grad, backward, AdamW) from the same weights on the same batches."""
+    full, mixed = _autocast_pair(world)
     batches = [world.rows[i * batch:(i + 1) * batch] for i in range(steps)]
     losses: dict[str, list[float]] = {}
 
@@ -249,38 +266,21 @@ def autocast_training(world: World, batch: int, steps: int, repeats: int, profil
         losses[name] = out
 
     fns = {"bfloat16": lambda: train(mixed, "bfloat16"), "float32": lambda: train(full, "float32")}
-    best = best_of(fns, repeats)
+    res = _autocast_ratio("SFT steps under policy.autocast bfloat16 vs float32", "rows/s", "rows", batch * steps, fns,
+                          repeats, profile, f"t5-micro (the testbed's policy), {steps} AdamW steps of batch {batch} on "
+                          "world rows, the same start weights")
     gap = max(abs(a - b) for a, b in zip(losses["bfloat16"], losses["float32"]))
-    n = batch * steps
-    res = ratio_result(
-        "SFT steps under policy.autocast bfloat16 vs float32", "rows/s",
-        {"value": n / best["bfloat16"], "seconds": best["bfloat16"], "rows": n},
-        {"value": n / best["float32"], "seconds": best["float32"], "rows": n},
-        1.0, True,
-        f"t5-micro (the testbed's policy), {steps} AdamW steps of batch {batch} on world rows, the same start weights; "
-        f"{bf16_hardware()}; per-step losses agree to {gap:.1e} nats/token")
-    if profile and not res["met"]:
-        res["profile"] = {k: profile_top(f) for k, f in (("ours", fns["bfloat16"]), ("baseline", fns["float32"]))}
+    res["setup"] += f"; per-step losses agree to {gap:.1e} nats/token"
     return res
 
 
 def autocast_sampling(world: World, n_prompts: int, samples: int, new_tokens: int, repeats: int, profile: bool) -> dict:
-    """Best-of-N pool sampling of the testbed's policy shape, float32 vs policy.autocast bfloat16 (same weights)."""
-    full = world.policy("t5-micro", max_input_tokens=160)
-    mixed = world.policy("t5-micro", max_input_tokens=160, autocast="bfloat16")
-    mixed.model.load_state_dict(full.model.state_dict())
+    """Best-of-N pool sampling from the same weights."""
+    full, mixed = _autocast_pair(world)
     docs = [r["document"] for r in world.rows[:n_prompts]]
     fns = {name: (lambda p=p: p.sample(docs, samples, batch_size=64, seed=0, max_new_tokens=new_tokens))
            for name, p in (("bfloat16", mixed), ("float32", full))}
-    best = best_of(fns, repeats)
-    n = n_prompts * samples
-    res = ratio_result(
-        "Best-of-N pool sampling under policy.autocast bfloat16 vs float32", "samples/s",
-        {"value": n / best["bfloat16"], "seconds": best["bfloat16"], "samples": n},
-        {"value": n / best["float32"], "seconds": best["float32"], "samples": n},
-        1.0, True,
-        f"t5-micro, {n_prompts} prompts x {samples} samples, {new_tokens} new tokens, generation batch 64; "
-        f"{bf16_hardware()}")
-    if profile and not res["met"]:
-        res["profile"] = {k: profile_top(f) for k, f in (("ours", fns["bfloat16"]), ("baseline", fns["float32"]))}
-    return res
+    return _autocast_ratio("Best-of-N pool sampling under policy.autocast bfloat16 vs float32", "samples/s", "samples",
+                           n_prompts * samples, fns, repeats, profile,
+                           f"t5-micro, {n_prompts} prompts x {samples} samples, {new_tokens} new tokens, generation "
+                           "batch 64")
