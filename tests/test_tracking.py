@@ -35,11 +35,14 @@ class Killed(BaseException):
 
 
 def curves(log_dir: Path) -> dict:
-    """{tag: [(step, value)]} of every scalar, and {tag: [step]} of every text entry, as TensorBoard reads them."""
+    """{tag: [(step, value)]} of every scalar, and {tag: [step]} of every text entry, as TensorBoard reads them,
+    in step order: a resumed run's points are in a second event file, and the accumulator reads files in name order,
+    whose writer counter sorts as text ("10" before "9"), so file order is not step order. A point logged twice
+    still shows as a repeated entry."""
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
-    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    return out | {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+    out = {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+    return out | {tag: sorted(e.step for e in acc.Tensors(tag)) for tag in acc.Tags()["tensors"]}
 
 
 @pytest.fixture(scope="module")
