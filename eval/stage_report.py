@@ -44,13 +44,34 @@ def stage_methods(run_dir: Path) -> dict[str, list[str]]:
     return out
 
 
+def selector_records(run_dir: Path, label: str) -> dict[int, dict[int, dict]]:
+    """Iteration -> training seed -> the selector's record, for every seed that finished the iteration."""
+    out: dict[int, dict[int, dict]] = {}
+    for path in sorted((run_dir / "methods" / label).glob("seed*/online/iter_*/metrics.json")):
+        t, seed = int(path.parent.name.split("_")[1]), int(path.parents[2].name.removeprefix("seed"))
+        out.setdefault(t, {})[seed] = json.loads(path.read_text(encoding="utf-8")).get("selector") or {}
+    return dict(sorted(out.items()))
+
+
 def selector_info(run_dir: Path, label: str) -> dict[int, list[dict]]:
     """Iteration -> the selector's record of every seed that finished it."""
-    out: dict[int, list[dict]] = {}
-    for path in sorted((run_dir / "methods" / label).glob("seed*/online/iter_*/metrics.json")):
-        t = int(path.parent.name.split("_")[1])
-        out.setdefault(t, []).append(json.loads(path.read_text(encoding="utf-8")).get("selector") or {})
-    return out
+    return {t: [by_seed[s] for s in sorted(by_seed)] for t, by_seed in selector_records(run_dir, label).items()}
+
+
+def source_agreement(run_dir: Path) -> dict[int | None, dict[str, float]]:
+    """Each source's agreement with the oracle, as the world report measured it: per training seed when the table
+    gave each seed its own build (builds/seed<s>/world_report.json, table.vary_build), else one report for every
+    seed (key None). Empty when no report was written."""
+    def read(path: Path) -> dict[str, float]:
+        agreement = json.loads(path.read_text(encoding="utf-8")).get("agreement", {})
+        return {k: float(v) for k, v in agreement.items() if k != "n_pairs"}
+
+    per_build = {int(p.parent.name.removeprefix("seed")): read(p)
+                 for p in sorted((run_dir / "builds").glob("seed*/world_report.json"))}
+    if per_build:
+        return per_build
+    path = run_dir / "world_report.json"
+    return {None: read(path)} if path.exists() else {}
 
 
 def _mean_range(values) -> str:
@@ -67,23 +88,41 @@ def _per_key(records: list[dict], field: str) -> dict[str, list[float]]:
 
 
 def relevance_section(run_dir: Path, labels: list[str], agreement: dict) -> tuple[list[str], dict]:
+    """`agreement` is `source_agreement`'s: per training seed (one build per seed), or one dict for every seed."""
     lines, plot = [], {}
     for label in labels:
-        for t, records in sorted(selector_info(run_dir, label).items()):
+        for t, by_seed in selector_records(run_dir, label).items():
+            records = [by_seed[s] for s in sorted(by_seed)]
             nu, alloc = _per_key(records, "nu"), _per_key(records, "allocation")
             if not nu:
                 continue
+            # the agreement each seed's policy met: its own build's report, or the run's one report
+            seen = {s: agreement.get(s, agreement.get(None)) for s in by_seed}
+            seen = {s: a for s, a in seen.items() if a}
+            agree = {m: [a[m] for a in seen.values() if m in a] for m in nu}
             lines += [f"**{label}, iteration {t}** ({len(records)} seeds)", "",
                       "| source | ν̂ mean [min, max over seeds] | scoring-budget share | agreement with the oracle |",
                       "|---|---|---|---|"]
             for m in nu:
-                agree = agreement.get(m)
-                lines.append(f"| {m} | {_mean_range(nu[m])} | {np.mean(alloc.get(m, [np.nan])):.2f} | "
-                             + (f"{agree:.3f} |" if agree is not None else "n/a |"))
+                a = agree.get(m) or []
+                shown = "n/a" if not a else f"{a[0]:.3f}" if len(set(a)) == 1 else (
+                    f"{np.mean(a):.3f} [{min(a):.3f}, {max(a):.3f}] over builds")
+                lines.append(f"| {m} | {_mean_range(nu[m])} | {np.mean(alloc.get(m, [np.nan])):.2f} | {shown} |")
+            mean_agree = {m: float(np.mean(a)) for m, a in agree.items() if a}
             by_nu = sorted(nu, key=lambda m: -np.mean(nu[m]))
-            by_agree = sorted([m for m in nu if m in agreement], key=lambda m: -agreement[m])
+            by_agree = sorted(mean_agree, key=lambda m: -mean_agree[m])
             lines += ["", f"ν̂ ranks {' > '.join(by_nu)}; agreement ranks {' > '.join(by_agree)}"
-                      + (" (the same order)." if by_nu == by_agree else " (a different order)."), ""]
+                      + (" (the same order)." if by_nu == by_agree else " (a different order).")]
+            if len(seen) > 1:  # ranked seed by seed, each against the agreement its own policy met
+                same, orders = 0, []
+                for s, a in sorted(seen.items()):
+                    own_nu = by_seed[s].get("nu") or {}
+                    order_nu = sorted(own_nu, key=lambda m: -own_nu[m])
+                    same += order_nu == sorted([m for m in own_nu if m in a], key=lambda m: -a[m])
+                    orders.append(f"seed {s}: {' > '.join(order_nu)}")
+                lines.append(f"Seed by seed, ν̂ ranks the sources as that seed's agreement does in {same} of "
+                             f"{len(seen)} ({'; '.join(orders)}).")
+            lines.append("")
             plot[(label, t)] = {m: float(np.mean(v)) for m, v in nu.items()}
     return lines, plot
 
@@ -152,10 +191,7 @@ def report(run_dir: Path) -> str:
     stages = stage_methods(run_dir)
     if not stages:
         raise ReportError(f"{run_dir}: the table has no selection-stage methods ({', '.join(STAGES)})")
-    try:
-        agreement = json.loads((run_dir / "world_report.json").read_text(encoding="utf-8")).get("agreement", {})
-    except FileNotFoundError:
-        agreement = {}
+    agreement = source_agreement(run_dir)
     md = [f"# Selection stages in {run_dir}", ""]
     plots = {}
     if "relevance" in stages:

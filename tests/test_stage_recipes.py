@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_OVERRIDES
 
-from pipeline.config import load_recipe
+from pipeline.config import load_recipe, to_dict
 from pipeline.labels import LabelStore
 from pipeline.runner import build_judge, build_scorers, run
 from pipeline.selection.dual_active_selector import DEFAULT_COSTS
@@ -84,3 +84,22 @@ def test_the_published_baselines_spend_no_transfers_labels(stage_runs):
     _, done = stage_runs
     for label in ("tpo", "ensemble", "linucb"):
         assert len(done[label]) == len(done["no_transfer"])
+
+
+def test_the_6144_stages_recipe_is_the_current_testbed_with_the_same_rows():
+    """recipes/stages_6144.yaml: table_6144_e6's world, sources, judge and update (its seeds, rows and iteration
+    count apart), and stages.yaml's rows and pairs, relevance's pilot apart (24 blocks of 16 prompts, not 2)."""
+    big, testbed, small = (to_dict(load_recipe(RECIPE.parent / name))
+                           for name in ("stages_6144.yaml", "table_6144_e6.yaml", "stages.yaml"))
+    assert {k: v for k, v in big.items() if k not in ("name", "table", "online")} == \
+        {k: v for k, v in testbed.items() if k not in ("name", "table", "online")}
+    assert {**big["online"], "iterations": 3} == testbed["online"] and big["online"]["iterations"] == 2
+    assert big["table"]["vary_build"] and big["table"]["seeds"] == [0, 1, 2]
+    for key in ("vary_build", "aa", "utility_prompts", "utility_samples", "n_prompts", "baseline"):
+        assert big["table"][key] == testbed["table"][key], key
+    assert big["table"]["pairs"] == small["table"]["pairs"]
+    pilot = {m["label"]: m["selector"].get("params", {}).get("pilot_blocks") for m in big["table"]["methods"]}
+    assert pilot["relevance"] == 24
+    relabel = [{**m, "selector": {**m["selector"], "params": {**m["selector"]["params"], "pilot_blocks": 2}}}
+               if m["label"] == "relevance" else m for m in big["table"]["methods"]]
+    assert relabel == small["table"]["methods"]

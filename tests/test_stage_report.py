@@ -69,3 +69,20 @@ def test_stage_report_errors_are_one_line(tmp_path, capsys):
                                                                                   "selector": {"name": "ucb"}}]}}))
     assert main([str(tmp_path)]) == 2
     assert "the table has no selection-stage methods" in capsys.readouterr().err
+
+
+def test_one_build_per_seed_ranks_each_seed_against_its_own_build(tmp_path):
+    """table.vary_build: each seed's policy met its own build's sources, so ν̂ of seed s is ranked against
+    builds/seed<s>/world_report.json, and the agreement column shows the builds' spread."""
+    _write_run(tmp_path)
+    (tmp_path / "world_report.json").unlink()
+    for seed, (good, bad) in enumerate([(0.8, 0.55), (0.6, 0.7)]):  # in build 1 the 'bad' source agrees more
+        (tmp_path / "builds" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "builds" / f"seed{seed}" / "world_report.json").write_text(
+            json.dumps({"agreement": {"n_pairs": 9, "good": good, "bad": bad}}))
+    md = report(tmp_path)
+    assert "| good | +0.200 [+0.100, +0.300] | 0.80 | 0.700 [0.600, 0.800] over builds |" in md
+    assert "| bad | +0.010 [+0.000, +0.020] | 0.20 | 0.625 [0.550, 0.700] over builds |" in md
+    # both seeds' ν̂ put good first: right for build 0, wrong for build 1
+    assert ("Seed by seed, ν̂ ranks the sources as that seed's agreement does in 1 of 2 "
+            "(seed 0: good > bad; seed 1: good > bad).") in md
