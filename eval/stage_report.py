@@ -2,10 +2,12 @@
 after the table) writes RUN_DIR/table/stages.md and stages.png.
 
 It reads what the selectors recorded per iteration (`selector` in methods/<label>/seed<s>/online/iter_<t>/
-metrics.json), the sources' measured agreement with the judge's utility (world_report.json) and the paired utility
-rows (table/paired.csv), so it needs no model and no torch:
+metrics.json), the sources' measured agreement with the judge's utility (world_report.json, or each build's
+builds/seed<s>/world_report.json when every seed has its own build) and the paired utility rows (table/paired.csv),
+so it needs no model and no torch:
 - relevance: ν̂ per source (mean and range over seeds) next to each source's agreement with the oracle, and the
-  share of the scoring budget each source got; does ν̂ rank the sources as their agreement does?
+  share of the scoring budget each source got; does ν̂ rank the sources as their agreement does, on average and
+  seed by seed?
 - dual_active (every variant): queries and cost per teacher, and the final θ̂'s agreement with the judge's exact
   utility on the candidate pairs no teacher was asked ("—" where the records lack it: older runs, real data).
 - lowrank (every variant): annotators per persona and labels.
