@@ -23,7 +23,7 @@ from scipy import special, stats
 
 FIELDS = ["method", "baseline", "iteration", "seeds", "mean_diff", "ci_low", "ci_high", "expected_win_rate"]
 # paired_per_seed.csv: what each row's interval is computed from, so a later run with more seeds can be pooled with
-# this one by hand, and a reader can see which seed (or build) moved a mean
+# this one (python -m eval.pool), and a reader can see which seed (or build) moved a mean
 SEED_FIELDS = ["method", "baseline", "iteration", "seed", "diff", "utility", "baseline_utility", "expected_win_rate"]
 AA_PREFIX = "aa:"
 
