@@ -25,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-from eval.paired import paired_interval, write
+from eval.paired import markdown, paired_interval, write
 
 # what a table's seed list changes in eval.paired.header; the rest of it is the evaluation, which must match
 _SEEDS = re.compile(r" \(seeds \[[^\]]*\]\)| \(one seed: no interval\)")
@@ -104,16 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         rows, head = pool(args.tables, args.stem)
-        if args.out is not None:
-            print(write(args.out, rows, head, stem=args.stem))
-        else:
-            from eval.paired import markdown
-            print(f"{head}\n\n{markdown(rows)}")
-    except (PoolError, OSError, KeyError) as e:
+    except (PoolError, OSError, KeyError) as e:  # KeyError: a per-seed file without the columns eval.paired writes
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(write(args.out, rows, head, stem=args.stem) if args.out else f"{head}\n\n{markdown(rows)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
