@@ -55,7 +55,7 @@ def read_per_seed(table_dir: Path, stem: str = "paired") -> list[dict]:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["iteration"], r["seed"] = int(r["iteration"]), int(r["seed"])
-        for k in ("diff", "expected_win_rate"):
+        for k in ("diff", "utility", "baseline_utility", "expected_win_rate"):
             r[k] = float(r[k])
     return rows
 
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("tables", nargs="+", type=Path, help="table output folders, e.g. runs/NAME/table")
     ap.add_argument("--out", type=Path, default=None,
                     help="write paired.csv, paired_per_seed.csv and paired.md here (default: print the table only)")
-    ap.add_argument("--stem", default="paired", help="which of a table's files to pool: paired (vs the baseline) or "
-                                                     "vs_sft (vs each method's own SFT)")
+    ap.add_argument("--stem", default="paired", choices=["paired", "vs_sft"],
+                    help="which of a table's files to pool: paired (vs the baseline) or vs_sft (vs each method's SFT)")
     args = ap.parse_args(argv)
     try:
         rows, head = pool(args.tables, args.stem)
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(write(args.out, rows, head, stem=args.stem) if args.out else f"{head}\n\n{markdown(rows)}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
