@@ -1,5 +1,7 @@
 """What each selection stage did inside a table's runs: `python -m eval.stage_report RUN_DIR` (make stages-table runs it
-after the table) writes RUN_DIR/table/stages.md and stages.png.
+after the table) writes RUN_DIR/table/stages.md and stages.png; `--table NAME` reads a table folder copied aside
+(RUN_DIR/NAME) instead, by the recipe it was made with (NAME/config.yaml), because every later table command on
+the same run directory rewrites RUN_DIR/config.yaml and RUN_DIR/table/.
 
 It reads what the selectors recorded per iteration (`selector` in methods/<label>/seed<s>/online/iter_<t>/
 metrics.json), the sources' measured agreement with the judge's utility (world_report.json, or each build's
@@ -32,10 +34,12 @@ class ReportError(ValueError):
     pass
 
 
-def stage_methods(run_dir: Path) -> dict[str, list[str]]:
-    """Selector name -> the table's method labels that use it (a stage and its baseline variants)."""
+def stage_methods(run_dir: Path, table: str = "table") -> dict[str, list[str]]:
+    """Selector name -> the table's method labels that use it (a stage and its baseline variants), from the recipe
+    the table folder was made with, or the run directory's (a table made before tables saved their own)."""
+    saved = run_dir / table / "config.yaml"
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load((saved if saved.exists() else run_dir / "config.yaml").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ReportError(f"{run_dir} has no config.yaml: not a run directory") from None
     out: dict[str, list[str]] = {}
@@ -180,17 +184,19 @@ def shared_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict]:
     return lines, plot
 
 
-def paired_rows(run_dir: Path, stage_labels: set[str]) -> list[dict]:
-    path = run_dir / "table" / "paired.csv"
+def paired_rows(run_dir: Path, stage_labels: set[str], table: str = "table") -> list[dict]:
+    path = run_dir / table / "paired.csv"
     if not path.exists():
         return []
     with open(path, newline="") as fh:
         return [r for r in csv.DictReader(fh) if r["method"] in stage_labels or r["baseline"] in stage_labels]
 
 
-def report(run_dir: Path) -> str:
+def report(run_dir: Path, table: str = "table") -> str:
     run_dir = Path(run_dir)
-    stages = stage_methods(run_dir)
+    if not (run_dir / table).is_dir() and table != "table":
+        raise ReportError(f"{run_dir / table} does not exist: --table names a folder inside the run directory")
+    stages = stage_methods(run_dir, table)
     if not stages:
         raise ReportError(f"{run_dir}: the table has no selection-stage methods ({', '.join(STAGES)})")
     agreement = source_agreement(run_dir)
@@ -208,14 +214,14 @@ def report(run_dir: Path) -> str:
     if "shared" in stages:
         lines, plots["shared"] = shared_section(run_dir, stages["shared"])
         md += ["## shared: the proxy's accuracy on held-out judge pairs", ""] + lines + [""]
-    rows = paired_rows(run_dir, {lab for labs in stages.values() for lab in labs})
+    rows = paired_rows(run_dir, {lab for labs in stages.values() for lab in labs}, table)
     if rows:
-        md += ["## Each stage against its baselines (exact utility, paired per training seed; table/paired.csv)", "",
+        md += [f"## Each stage against its baselines (exact utility, paired per training seed; {table}/paired.csv)", "",
                "| method | vs | iteration | seeds | Δu [95 % t-interval over seeds] |", "|---|---|---|---|---|"]
         md += [f"| {r['method']} | {r['baseline']} | {r['iteration']} | {r['seeds']} | "
                f"{float(r['mean_diff']):+.3f} [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}] |" for r in rows]
         plots["paired"] = rows
-    out = run_dir / "table"
+    out = run_dir / table
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(md).rstrip() + "\n"
     (out / "stages.md").write_text(text, encoding="utf-8")
@@ -285,9 +291,11 @@ def plot(plots: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.stage_report", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="a table's run directory, e.g. runs/stage_table")
+    ap.add_argument("--table", default="table",
+                    help="the table folder inside RUN_DIR to read and write (one copied aside, e.g. table_iter1)")
     args = ap.parse_args(argv)
     try:
-        print(report(Path(args.run_dir)))
+        print(report(Path(args.run_dir), args.table))
     except (ReportError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

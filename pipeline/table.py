@@ -56,7 +56,7 @@ import numpy as np
 from eval import paired, training_pairs, winrate, world_report
 from pipeline import distributed
 from pipeline.cli import RunFailed, check_names, run_command, table_methods
-from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_recipe
+from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_recipe, save_resolved
 from pipeline.durable import atomic_write_text
 from pipeline.labels import LabelStore
 from pipeline.models import load_policy
@@ -582,6 +582,8 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     drawn = sample_all(recipe, drawn_rows, k_draw, jobs, sft=exact)
     out = recipe.out / "table"
     out.mkdir(parents=True, exist_ok=True)
+    # the run directory's config.yaml is the last command's recipe; a table folder copied aside keeps its own
+    save_resolved(recipe, out / "config.yaml")
     headline = utility_headline(recipe, eval_judge, drawn_rows, drawn, out) if exact else None
     if exact:
         headline += "\n\n" + pairs_report(recipe, eval_judge, out)

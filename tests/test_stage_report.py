@@ -86,3 +86,21 @@ def test_one_build_per_seed_ranks_each_seed_against_its_own_build(tmp_path):
     # both seeds' ν̂ put good first: right for build 0, wrong for build 1
     assert ("Seed by seed, ν̂ ranks the sources as that seed's agreement does in 1 of 2 "
             "(seed 0: good > bad; seed 1: good > bad).") in md
+
+
+def test_a_table_folder_copied_aside_is_read_by_its_own_recipe(tmp_path, capsys):
+    """Each table command rewrites RUN_DIR/config.yaml and RUN_DIR/table/; a copy made with its own config.yaml is
+    reported by that recipe, and its stages.md is written beside it."""
+    _write_run(tmp_path)
+    (tmp_path / "table").rename(tmp_path / "table_stages")
+    (tmp_path / "table_stages" / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"table": {"methods": [{"label": "no_transfer",
+                                                                                  "selector": {"name": "none"}}]}}))
+    assert main([str(tmp_path)]) == 2 and "no selection-stage methods" in capsys.readouterr().err
+    md = report(tmp_path, "table_stages")
+    assert "| dual_active | dual_active:cheapest | 1 | 2 | +0.050 [-0.020, +0.120] |" in md
+    assert (tmp_path / "table_stages" / "stages.md").read_text() == md
+    assert not (tmp_path / "table" / "stages.md").exists()
+    assert main([str(tmp_path), "--table", "nowhere"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'nowhere'} does not exist: --table names a folder "
+                                               "inside the run directory")

@@ -5,8 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY_OVERRIDES
 
+from eval import stage_report
 from eval.paired import paired_interval
 from eval.winrate import sample_test
 from pipeline.cli import RunFailed
@@ -136,6 +138,17 @@ def test_selection_stages_as_table_rows_versus_no_transfer(tmp_path):
     with open(tmp_path / "table" / "paired.csv", newline="") as fh:  # no A/A row; one seed: no interval
         paired = list(csv.DictReader(fh))
     assert [(r["method"], r["seeds"], r["ci_low"]) for r in paired] == [("dual", "1", "nan"), ("proxy", "1", "nan")]
+
+    # the table folder keeps the recipe it was made with: copied aside, it is still reported after a later command
+    # on the same run directory (here: another methods list) rewrote the run directory's config.yaml
+    saved = yaml.safe_load((tmp_path / "table" / "config.yaml").read_text())
+    assert [m["label"] for m in saved["table"]["methods"]] == ["no_transfer", "dual", "proxy"]
+    shutil.copytree(tmp_path / "table", tmp_path / "table_stages")
+    later = dict(saved, table=dict(saved["table"], methods=[{"label": "no_transfer", "selector": {"name": "none"}}]))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(later))
+    md = stage_report.report(tmp_path, "table_stages")
+    assert "## dual_active:" in md and "| dual | no_transfer | 1 | 1 |" in md
+    assert (tmp_path / "table_stages" / "stages.md").read_text() == md
 
 
 def test_jobs_give_the_same_runs_and_a_failure_is_one_line(tmp_path):
