@@ -34,14 +34,25 @@ class ReportError(ValueError):
     pass
 
 
-def stage_methods(run_dir: Path, table: str = "table") -> dict[str, list[str]]:
-    """Selector name -> the table's method labels that use it (a stage and its baseline variants), from the recipe
-    the table folder was made with, or the run directory's (a table made before tables saved their own)."""
+def table_recipe(run_dir: Path, table: str = "table") -> dict:
+    """The recipe the table folder was made with, or the run directory's (a table made before tables saved their
+    own)."""
     saved = run_dir / table / "config.yaml"
     try:
-        config = yaml.safe_load((saved if saved.exists() else run_dir / "config.yaml").read_text(encoding="utf-8"))
+        return yaml.safe_load((saved if saved.exists() else run_dir / "config.yaml").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ReportError(f"{run_dir} has no config.yaml: not a run directory") from None
+
+
+def table_scope(config: dict) -> tuple[set[int] | None, int | None]:
+    """The training seeds and the last iteration the table covers (None: not recorded, read every one): a run that
+    went on after the table folder was made must not add to it."""
+    seeds = (config.get("table") or {}).get("seeds")
+    return (set(seeds) if seeds is not None else None), (config.get("online") or {}).get("iterations")
+
+
+def stage_methods(config: dict) -> dict[str, list[str]]:
+    """Selector name -> the table's method labels that use it (a stage and its baseline variants)."""
     out: dict[str, list[str]] = {}
     for m in (config.get("table") or {}).get("methods") or []:
         name = (m.get("selector") or {}).get("name")
@@ -50,18 +61,22 @@ def stage_methods(run_dir: Path, table: str = "table") -> dict[str, list[str]]:
     return out
 
 
-def selector_records(run_dir: Path, label: str) -> dict[int, dict[int, dict]]:
-    """Iteration -> training seed -> the selector's record, for every seed that finished the iteration."""
+def selector_records(run_dir: Path, label: str, scope=(None, None)) -> dict[int, dict[int, dict]]:
+    """Iteration -> training seed -> the selector's record, for every seed that finished the iteration, within
+    `scope` (table_scope's seeds and last iteration)."""
+    seeds, last = scope
     out: dict[int, dict[int, dict]] = {}
     for path in sorted((run_dir / "methods" / label).glob("seed*/online/iter_*/metrics.json")):
         t, seed = int(path.parent.name.split("_")[1]), int(path.parents[2].name.removeprefix("seed"))
-        out.setdefault(t, {})[seed] = json.loads(path.read_text(encoding="utf-8")).get("selector") or {}
+        if (seeds is None or seed in seeds) and (last is None or t <= last):
+            out.setdefault(t, {})[seed] = json.loads(path.read_text(encoding="utf-8")).get("selector") or {}
     return dict(sorted(out.items()))
 
 
-def selector_info(run_dir: Path, label: str) -> dict[int, list[dict]]:
+def selector_info(run_dir: Path, label: str, scope=(None, None)) -> dict[int, list[dict]]:
     """Iteration -> the selector's record of every seed that finished it."""
-    return {t: [by_seed[s] for s in sorted(by_seed)] for t, by_seed in selector_records(run_dir, label).items()}
+    return {t: [by_seed[s] for s in sorted(by_seed)]
+            for t, by_seed in selector_records(run_dir, label, scope).items()}
 
 
 def source_agreement(run_dir: Path) -> dict[int | None, dict[str, float]]:
@@ -93,11 +108,12 @@ def _per_key(records: list[dict], field: str) -> dict[str, list[float]]:
     return keys
 
 
-def relevance_section(run_dir: Path, labels: list[str], agreement: dict) -> tuple[list[str], dict]:
+def relevance_section(run_dir: Path, labels: list[str], agreement: dict, scope=(None, None)
+                      ) -> tuple[list[str], dict]:
     """`agreement` is `source_agreement`'s: per training seed (one build per seed), or one dict for every seed."""
     lines, plot = [], {}
     for label in labels:
-        for t, by_seed in selector_records(run_dir, label).items():
+        for t, by_seed in selector_records(run_dir, label, scope).items():
             records = [by_seed[s] for s in sorted(by_seed)]
             nu, alloc = _per_key(records, "nu"), _per_key(records, "allocation")
             if not nu:
@@ -133,12 +149,12 @@ def relevance_section(run_dir: Path, labels: list[str], agreement: dict) -> tupl
     return lines, plot
 
 
-def teacher_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict, dict]:
+def teacher_section(run_dir: Path, labels: list[str], scope=(None, None)) -> tuple[list[str], dict, dict]:
     lines = ["| method | iteration | seeds | queries per teacher (mean over seeds) | cost per teacher "
              "| cost / budget | held-out pairs | held-out agreement, mean [min, max] |", "|" + "---|" * 8]
     plot, agreement = {}, {}
     for label in labels:
-        for t, records in sorted(selector_info(run_dir, label).items()):
+        for t, records in sorted(selector_info(run_dir, label, scope).items()):
             q, c = _per_key(records, "queries"), _per_key(records, "cost_per_teacher")
             spent = np.mean([r.get("cost", np.nan) for r in records])
             budget = np.mean([r.get("budget", np.nan) for r in records])
@@ -158,11 +174,11 @@ def teacher_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict, 
     return lines, plot, agreement
 
 
-def persona_section(run_dir: Path, labels: list[str]) -> list[str]:
+def persona_section(run_dir: Path, labels: list[str], scope=(None, None)) -> list[str]:
     lines = ["| method | iteration | seeds | annotators per persona (mean over seeds) | labels | pooled |",
              "|---|---|---|---|---|---|"]
     for label in labels:
-        for t, records in sorted(selector_info(run_dir, label).items()):
+        for t, records in sorted(selector_info(run_dir, label, scope).items()):
             p = _per_key(records, "personas")
             lines.append(f"| {label} | {t} | {len(records)} | "
                          + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in p.items())
@@ -171,12 +187,12 @@ def persona_section(run_dir: Path, labels: list[str]) -> list[str]:
     return lines
 
 
-def shared_section(run_dir: Path, labels: list[str]) -> tuple[list[str], dict]:
+def shared_section(run_dir: Path, labels: list[str], scope=(None, None)) -> tuple[list[str], dict]:
     lines = ["| method | iteration | seeds | judge pairs | held-out proxy–judge agreement, mean [min, max] |",
              "|---|---|---|---|---|"]
     plot = {}
     for label in labels:
-        for t, records in sorted(selector_info(run_dir, label).items()):
+        for t, records in sorted(selector_info(run_dir, label, scope).items()):
             agree = [r["heldout_proxy_judge_agreement"] for r in records if "heldout_proxy_judge_agreement" in r]
             pairs = np.mean([r.get("judge_pairs", np.nan) for r in records])
             lines.append(f"| {label} | {t} | {len(records)} | {pairs:.0f} | {_mean_range(agree)} |")
@@ -196,23 +212,25 @@ def report(run_dir: Path, table: str = "table") -> str:
     run_dir = Path(run_dir)
     if not (run_dir / table).is_dir() and table != "table":
         raise ReportError(f"{run_dir / table} does not exist: --table names a folder inside the run directory")
-    stages = stage_methods(run_dir, table)
+    config = table_recipe(run_dir, table)
+    stages, scope = stage_methods(config), table_scope(config)
     if not stages:
         raise ReportError(f"{run_dir}: the table has no selection-stage methods ({', '.join(STAGES)})")
     agreement = source_agreement(run_dir)
     md = [f"# Selection stages in {run_dir}", ""]
     plots = {}
     if "relevance" in stages:
-        lines, plots["relevance"] = relevance_section(run_dir, stages["relevance"], agreement)
+        lines, plots["relevance"] = relevance_section(run_dir, stages["relevance"], agreement, scope)
         md += ["## relevance: ν̂ per source against each source's agreement with the oracle", ""] + lines
     if "dual_active" in stages:
-        lines, plots["dual_active"], plots["dual_active_agreement"] = teacher_section(run_dir, stages["dual_active"])
+        lines, plots["dual_active"], plots["dual_active_agreement"] = teacher_section(run_dir, stages["dual_active"],
+                                                                                     scope)
         md += ["## dual_active: teacher shares at equal cost, and θ̂'s agreement with the exact utility on the pairs "
                "never asked", ""] + lines + [""]
     if "lowrank" in stages:
-        md += ["## lowrank: who labelled", ""] + persona_section(run_dir, stages["lowrank"]) + [""]
+        md += ["## lowrank: who labelled", ""] + persona_section(run_dir, stages["lowrank"], scope) + [""]
     if "shared" in stages:
-        lines, plots["shared"] = shared_section(run_dir, stages["shared"])
+        lines, plots["shared"] = shared_section(run_dir, stages["shared"], scope)
         md += ["## shared: the proxy's accuracy on held-out judge pairs", ""] + lines + [""]
     rows = paired_rows(run_dir, {lab for labs in stages.values() for lab in labs}, table)
     if rows:

@@ -93,11 +93,18 @@ def test_a_table_folder_copied_aside_is_read_by_its_own_recipe(tmp_path, capsys)
     reported by that recipe, and its stages.md is written beside it."""
     _write_run(tmp_path)
     (tmp_path / "table").rename(tmp_path / "table_stages")
-    (tmp_path / "table_stages" / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+    made_with = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    made_with["table"]["seeds"], made_with["online"] = [0, 1], {"iterations": 1}
+    (tmp_path / "table_stages" / "config.yaml").write_text(yaml.safe_dump(made_with))
+    for seed, t in ((0, 2), (5, 1)):  # the runs went on (iteration 2) and another seed ran after the copy
+        d = tmp_path / "methods" / "relevance" / f"seed{seed}" / "online" / f"iter_{t}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"iteration": t, "selector": {"nu": {"good": 9.0, "bad": 9.0}}}))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"table": {"methods": [{"label": "no_transfer",
                                                                                   "selector": {"name": "none"}}]}}))
     assert main([str(tmp_path)]) == 2 and "no selection-stage methods" in capsys.readouterr().err
     md = report(tmp_path, "table_stages")
+    assert "**relevance, iteration 1** (2 seeds)" in md and "iteration 2" not in md and "+9.000" not in md
     assert "| dual_active | dual_active:cheapest | 1 | 2 | +0.050 [-0.020, +0.120] |" in md
     assert (tmp_path / "table_stages" / "stages.md").read_text() == md
     assert not (tmp_path / "table" / "stages.md").exists()
