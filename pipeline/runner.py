@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from eval import winrate
 from pipeline import data as data_stage
-from pipeline import distributed
+from pipeline import distributed, environment
 from pipeline.config import ConfigError, OnlineConfig, Recipe, save_resolved, to_dict
 from pipeline.durable import MANIFEST, StateError, atomic_write_text, crash_point, verify_manifest, write_manifest
 from pipeline.labels import LabelStore
@@ -181,6 +181,7 @@ def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
         raise ConfigError(f"{what}{redo}; rerun with --force to accept, or set run_dir to a new directory")
     _invalidate(out, stale)
     save_resolved(recipe, saved)
+    environment.record(out)
     return out
 
 

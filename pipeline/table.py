@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import paired, training_pairs, winrate, world_report
-from pipeline import distributed
+from pipeline import distributed, environment
 from pipeline.cli import RunFailed, check_names, run_command, table_methods
 from pipeline.config import SEED_MAX, ConfigError, Recipe, SelectorConfig, load_recipe, save_resolved
 from pipeline.durable import atomic_write_text
@@ -584,6 +584,7 @@ def make_table(recipe: Recipe, force: bool = False, jobs: int | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     # the run directory's config.yaml is the last command's recipe; a table folder copied aside keeps its own
     save_resolved(recipe, out / "config.yaml")
+    atomic_write_text(out / environment.FILE, json.dumps(environment.current(), indent=1, sort_keys=True))
     headline = utility_headline(recipe, eval_judge, drawn_rows, drawn, out) if exact else None
     if exact:
         headline += "\n\n" + pairs_report(recipe, eval_judge, out)

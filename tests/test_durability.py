@@ -25,6 +25,7 @@ from conftest import TINY_OVERRIDES
 from transformers import T5ForConditionalGeneration
 
 import pipeline.durable
+from pipeline import environment
 from pipeline.__main__ import main
 from pipeline.config import ModelConfig
 from pipeline.durable import atomic_write_text
@@ -325,3 +326,8 @@ def test_table_jobs_end_when_the_table_process_is_killed(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_run_directory_records_its_software_stack(sft_run):
+    saved = json.loads((sft_run / environment.FILE).read_text())
+    assert saved["started_with"] == saved["this_command"] == environment.current()

@@ -1,0 +1,45 @@
+"""environment.json: the stack a run directory was started with, and what changed when a command resumes it."""
+import json
+import logging
+
+from pipeline import environment
+
+
+def _env(**versions):
+    env = environment.current()
+    env["packages"] = {**env["packages"], **versions}
+    return env
+
+
+def test_current_names_the_installed_versions():
+    env = environment.current()
+    assert env["packages"]["torch"].startswith("2.")
+    assert set(environment.PACKAGES) == set(env["packages"])
+
+
+def test_same_stack_twice_writes_the_same_bytes(tmp_path):
+    assert environment.record(tmp_path) == []
+    first = (tmp_path / environment.FILE).read_bytes()
+    assert environment.record(tmp_path) == []
+    assert (tmp_path / environment.FILE).read_bytes() == first
+
+
+def test_resume_on_another_stack_keeps_the_first_and_warns(tmp_path, caplog):
+    environment.record(tmp_path, _env(transformers="5.17.0"))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        changed = environment.record(tmp_path, _env(transformers="5.25.0", numpy=None))
+    assert changed == [f"numpy {environment.current()['packages']['numpy']} -> None", "transformers 5.17.0 -> 5.25.0"]
+    assert "transformers 5.17.0 -> 5.25.0" in caplog.text
+    saved = json.loads((tmp_path / environment.FILE).read_text())
+    assert saved["started_with"]["packages"]["transformers"] == "5.17.0"
+    assert saved["this_command"]["packages"]["transformers"] == "5.25.0"
+    # a third command on the new stack still compares against the stack the run was started with
+    assert environment.record(tmp_path, _env(transformers="5.25.0")) == ["transformers 5.17.0 -> 5.25.0"]
+
+
+def test_unreadable_file_starts_afresh(tmp_path, caplog):
+    (tmp_path / environment.FILE).write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert environment.record(tmp_path) == []
+    assert "unreadable" in caplog.text
+    assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] == environment.current()
