@@ -48,18 +48,22 @@ def differences(old: dict, new: dict) -> list[str]:
     return out
 
 
-def record(out: Path, env: dict | None = None) -> list[str]:
+def record(out: Path, env: dict | None = None, new_run: bool = True) -> list[str]:
     """Writes out/environment.json: the stack the directory was started with and the one of this command.
-    Returns (and logs as a warning) what differs between the two; an unreadable file is started afresh."""
+    Returns (and logs as a warning) what differs between the two; an unreadable file is started afresh. A run
+    started before this file existed (`new_run` false, no file) keeps started_with null: its stack is unknown."""
     env = current() if env is None else env
     path = out / FILE
-    started = env
+    started = env if new_run or path.exists() else None
     if path.exists():
         try:
-            started = json.loads(path.read_text()).get("started_with") or env
+            started = json.loads(path.read_text()).get("started_with", env)  # null: made before the file existed
         except (ValueError, UnicodeDecodeError, AttributeError):
+            started = env
             log.warning("%s is unreadable; recording this command's stack as the run's own", path)
-    changed = differences(started, env)
+    if started is not None and not isinstance(started, dict):  # edited by hand
+        started = env
+    changed = differences(started, env) if started is not None else []
     if changed:
         log.warning("%s was started with another software stack (%s): finished stages were made with the old one, "
                     "so the run may not equal one made with either alone", out, "; ".join(changed))

@@ -181,7 +181,7 @@ def prepare_run_dir(recipe: Recipe, force: bool = False) -> Path:
         raise ConfigError(f"{what}{redo}; rerun with --force to accept, or set run_dir to a new directory")
     _invalidate(out, stale)
     save_resolved(recipe, saved)
-    environment.record(out)
+    environment.record(out, new_run=old is None)
     return out
 
 

@@ -43,3 +43,11 @@ def test_unreadable_file_starts_afresh(tmp_path, caplog):
         assert environment.record(tmp_path) == []
     assert "unreadable" in caplog.text
     assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] == environment.current()
+
+
+def test_a_run_older_than_the_file_keeps_its_stack_unknown(tmp_path):
+    assert environment.record(tmp_path, _env(transformers="5.25.0"), new_run=False) == []
+    saved = json.loads((tmp_path / environment.FILE).read_text())
+    assert saved["started_with"] is None and saved["this_command"]["packages"]["transformers"] == "5.25.0"
+    assert environment.record(tmp_path, _env(transformers="5.26.0"), new_run=False) == []  # still unknown, no warning
+    assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] is None
