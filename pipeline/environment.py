@@ -54,15 +54,14 @@ def record(out: Path, env: dict | None = None, new_run: bool = True) -> list[str
     started before this file existed (`new_run` false, no file) keeps started_with null: its stack is unknown."""
     env = current() if env is None else env
     path = out / FILE
-    started = env if new_run or path.exists() else None
+    started = env if new_run else None
     if path.exists():
         try:
-            started = json.loads(path.read_text()).get("started_with", env)  # null: made before the file existed
-        except (ValueError, UnicodeDecodeError, AttributeError):
+            saved = json.loads(path.read_text())["started_with"]  # null: made before the file existed
+            started = saved if saved is None or isinstance(saved, dict) else env
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError):
             started = env
             log.warning("%s is unreadable; recording this command's stack as the run's own", path)
-    if started is not None and not isinstance(started, dict):  # edited by hand
-        started = env
     changed = differences(started, env) if started is not None else []
     if changed:
         log.warning("%s was started with another software stack (%s): finished stages were made with the old one, "
