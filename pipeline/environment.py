@@ -2,10 +2,11 @@
 
 A build made again from the same recipe and seed on a fresh machine a day later did not give the same numbers (its
 SFT's ROUGE-Lsum 0.666 where it had been 0.648), and nothing recorded which packages either machine had: the
-package set is resolved afresh on each machine (only torch is pinned), and another minor version of a numerical
-library is enough to move CPU results. Seeds make a run reproducible on one stack only, so the stack is written
-down next to config.yaml, and a command that resumes a run on another stack says which packages differ instead of
-silently mixing two.
+package set was resolved afresh on each machine (only torch was pinned; `make venv` now installs constraints.txt's
+versions), and another minor version of a numerical library is enough to move CPU results. Seeds make a run
+reproducible on one stack only, and not every user installs through make, so the stack is written down next to
+config.yaml, and a command that resumes a run on another stack says which packages differ instead of silently
+mixing two.
 """
 from __future__ import annotations
 
