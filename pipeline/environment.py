@@ -58,8 +58,9 @@ def record(out: Path, env: dict | None = None, new_run: bool = True) -> list[str
     started = env if new_run else None
     if path.exists():
         try:
-            saved = json.loads(path.read_text())["started_with"]  # null: made before the file existed
-            started = saved if saved is None or isinstance(saved, dict) else env
+            started = json.loads(path.read_text())["started_with"]  # null: made before the file existed
+            if started is not None and not isinstance(started, dict):
+                raise TypeError("started_with edited by hand")
         except (ValueError, UnicodeDecodeError, TypeError, KeyError):
             started = env
             log.warning("%s is unreadable; recording this command's stack as the run's own", path)

@@ -41,11 +41,13 @@ def test_resume_on_another_stack_keeps_the_first_and_warns(tmp_path, caplog):
 
 
 def test_unreadable_file_starts_afresh(tmp_path, caplog):
-    (tmp_path / environment.FILE).write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="pipeline"):
-        assert environment.record(tmp_path) == []
-    assert "unreadable" in caplog.text
-    assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] == environment.current()
+    for text in ("{not json", '{"started_with": "torch 2.13"}'):  # damaged, or an entry edited by hand
+        (tmp_path / environment.FILE).write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline"):
+            assert environment.record(tmp_path) == []
+        assert "unreadable" in caplog.text
+        assert json.loads((tmp_path / environment.FILE).read_text())["started_with"] == environment.current()
 
 
 def test_a_run_older_than_the_file_keeps_its_stack_unknown(tmp_path):
